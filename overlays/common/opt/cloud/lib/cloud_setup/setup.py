@@ -1,0 +1,220 @@
+"""Turn parsed settings into a configured system VM. Each step writes only when content changes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloud_setup.cmdline import CommandLine, CommandRunner, Interface
+from cloud_setup.fileops import update_properties, write_if_changed
+from cloud_setup.paths import Paths
+from cloud_setup.roles import MANAGED_SERVICES, RolePlan, control_nic, plan_for
+
+log = logging.getLogger("cloud_setup")
+
+HEADER = "# Written at boot by cloud-early-config from the CloudStack command line; edits are overwritten.\n"
+SSH_PORT = 3922
+
+
+@dataclass
+class Setup:
+    paths: Paths
+    line: CommandLine
+    hypervisor: str
+    runner: CommandRunner
+    changed: list[Path] = field(default_factory=list)
+
+    @property
+    def plan(self) -> RolePlan:
+        return plan_for(self.line)
+
+    @property
+    def control_index(self) -> int:
+        return control_nic(self.line, self.hypervisor)
+
+    @property
+    def control(self) -> Interface | None:
+        return self.line.interfaces.get(self.control_index)
+
+    def _write(self, relative: str, content: str, mode: int = 0o644) -> None:
+        path = self.paths / relative
+        if write_if_changed(path, content, mode):
+            self.changed.append(path)
+
+    def apply(self) -> list[Path]:
+        log.info("setting up role %s (hypervisor %s, control NIC eth%d)",
+                 self.plan.role, self.hypervisor, self.control_index)
+        self.hostname()
+        self.interfaces()
+        self.resolver()
+        self.sshd()
+        self.authorized_key()
+        self.firewall()
+        self.agent()
+        self.services()
+        self.passwords()
+        return self.changed
+
+    def hostname(self) -> None:
+        name = self.line.get("name")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}", name):
+            log.error("name=%r is not a valid host name; keeping the current one", name)
+            return
+        self._write("etc/hostname", name + "\n")
+        hosts = self.paths / "etc/hosts"
+        kept = [line for line in (hosts.read_text().splitlines() if hosts.is_file() else [])
+                if not line.split()[:1] or line.split()[0] not in ("127.0.0.1", "127.0.1.1")]
+        self._write("etc/hosts", "\n".join(["127.0.0.1\tlocalhost", f"127.0.1.1\t{name}", *kept]) + "\n")
+        if self.paths.root == Path("/"):
+            self.runner(["hostname", name])
+
+    def interfaces(self) -> None:
+        stanzas = ["auto lo\niface lo inet loopback\n"]
+        if not self.line.interfaces:
+            stanzas.append("auto eth0\niface eth0 inet dhcp\n")
+        gateway = self.line.get("gateway")
+        gateway_nic = self._gateway_nic(gateway)
+        mtu = self.line.get("mtu")
+        for index, interface in sorted(self.line.interfaces.items()):
+            lines = [f"auto eth{index}", f"iface eth{index} inet static",
+                     f"    address {interface.address}", f"    netmask {interface.netmask}"]
+            if mtu.isdigit():
+                lines.append(f"    mtu {mtu}")
+            if index == gateway_nic:
+                lines.append(f"    gateway {gateway}")
+            if index == 1 and self._valid(self.line.get("localgw")):
+                for cidr in filter(None, self.line.get("mgmtcidr").split(",")):
+                    if self._valid_network(cidr):
+                        lines.append(f"    up ip route replace {cidr} via {self.line.get('localgw')} dev eth1")
+            stanzas.append("\n".join(lines) + "\n")
+        self._write("etc/network/interfaces", HEADER + "\n".join(stanzas))
+
+    def _gateway_nic(self, gateway: str) -> int | None:
+        if not self._valid(gateway):
+            return None
+        address = ipaddress.IPv4Address(gateway)
+        for index, interface in sorted(self.line.interfaces.items()):
+            if address in interface.network:
+                return index
+        return None
+
+    @staticmethod
+    def _valid(text: str) -> bool:
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            return False
+        return True
+
+    @staticmethod
+    def _valid_network(text: str) -> bool:
+        try:
+            ipaddress.IPv4Network(text, strict=False)
+        except ValueError:
+            return False
+        return True
+
+    def resolver(self) -> None:
+        servers = []
+        for key in ("internaldns1", "internaldns2", "dns1", "dns2"):
+            value = self.line.get(key)
+            if self._valid(value) and value not in servers:
+                servers.append(value)
+        if not servers:
+            log.info("no DNS servers on the command line; leaving resolv.conf as it is")
+            return
+        domain = self.line.get("domain")
+        search = f"search {domain}\n" if re.fullmatch(r"[A-Za-z0-9.-]+", domain) else ""
+        self._write("etc/resolv.conf", HEADER + search + "".join(f"nameserver {s}\n" for s in servers[:3]))
+
+    def sshd(self) -> None:
+        control = self.control
+        if control is None:
+            log.error("no valid address for control NIC eth%d: sshd listens on every address",
+                      self.control_index)
+            content = f"{HEADER}Port {SSH_PORT}\n"
+        else:
+            content = f"{HEADER}Port {SSH_PORT}\nListenAddress {control.address}\n"
+        self._write("etc/ssh/sshd_config.d/10-cloudstack-control.conf", content)
+
+    def authorized_key(self) -> None:
+        encoded = self.line.get("authorized_key")
+        if not encoded:
+            return
+        try:
+            key = base64.b64decode(encoded, validate=True).decode().strip()
+        except (binascii.Error, UnicodeDecodeError):
+            log.error("authorized_key is not base64 text; root's keys are left as they are")
+            return
+        (self.paths / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._write("root/.ssh/authorized_keys", key + "\n", 0o600)
+
+    def firewall(self) -> None:
+        source = self.paths / "etc/iptables" / self.plan.iptables_file
+        if not source.is_file():
+            log.error("firewall rules %s are missing; leaving the firewall as it is", source)
+            return
+        rules = source.read_text()
+        if self.control_index != self.plan.canonical_control_nic:
+            rules = _swap_interfaces(rules, self.control_index, self.plan.canonical_control_nic)
+        self._write("etc/iptables/rules.v4", rules)
+        if self.plan.ip_forward:
+            self._write("etc/sysctl.d/60-cloudstack-forwarding.conf", "net.ipv4.ip_forward = 1\n")
+            self.runner(["sysctl", "-p", str(self.paths / "etc/sysctl.d/60-cloudstack-forwarding.conf")])
+        if self.runner(["iptables-restore", str(self.paths / "etc/iptables/rules.v4")]) is None:
+            log.error("iptables-restore rejected %s", self.paths / "etc/iptables/rules.v4")
+        else:
+            log.info("loaded firewall rules from %s", source.name)
+
+    def agent_bundle_present(self) -> bool:
+        return any(self.paths.agent_bundle.rglob("*.jar")) if self.paths.agent_bundle.is_dir() else False
+
+    def agent(self) -> None:
+        if not self.plan.agent_resource:
+            return
+        values = {"host": self.line.get("host"), "port": self.line.get("port", "8250"),
+                  "zone": self.line.get("zone"), "pod": self.line.get("pod"),
+                  "guid": self.line.get("guid"), "name": self.line.get("name"),
+                  "resource": self.plan.agent_resource, "instance": "SYSTEMVM"}
+        if update_properties(self.paths.agent_properties, values):
+            self.changed.append(self.paths.agent_properties)
+
+    def services(self) -> None:
+        wanted = set(self.plan.services)
+        if "cloud" in wanted and not self.agent_bundle_present():
+            log.info("the CloudStack agent bundle is not in %s: the cloud service stays disabled",
+                     self.paths.agent_bundle)
+            wanted.discard("cloud")
+        for service in MANAGED_SERVICES:
+            enabled = (self.runner(["systemctl", "is-enabled", f"{service}.service"]) or "").strip() == "enabled"
+            if service in wanted and not enabled:
+                self.runner(["systemctl", "enable", f"{service}.service"])
+                self.runner(["systemctl", "start", "--no-block", f"{service}.service"])
+                log.info("enabled %s", service)
+            elif service not in wanted and enabled:
+                self.runner(["systemctl", "disable", f"{service}.service"])
+                self.runner(["systemctl", "stop", "--no-block", f"{service}.service"])
+                log.info("disabled %s", service)
+
+    def passwords(self) -> None:
+        passwd = self.paths / "etc/passwd"
+        users = {line.split(":")[0] for line in passwd.read_text().splitlines()} if passwd.is_file() else set()
+        if "cloud" in users:
+            self.runner(["chpasswd"], stdin=f"cloud:{secrets.token_urlsafe(24)}\n")
+            log.info("randomised the cloud user's password")
+        password = self.line.get("vmpassword")
+        if password:
+            self.runner(["chpasswd"], stdin=f"root:{password}\n")
+            log.info("set root's password from vmpassword")
+
+
+def _swap_interfaces(rules: str, actual: int, canonical: int) -> str:
+    """Rules are written for the canonical control NIC; swap the two NIC names when the hypervisor differs."""
+    mapping = {f"eth{canonical}": f"eth{actual}", f"eth{actual}": f"eth{canonical}"}
+    return re.sub(r"\beth\d+\b", lambda m: mapping.get(m.group(0), m.group(0)), rules)

@@ -1,0 +1,1 @@
+"""sysvm: builder of Apache CloudStack system VM templates."""

@@ -1,0 +1,347 @@
+"""One typed, validated build configuration from sysvm.yaml, an optional user file and --set overrides.
+
+Every value remembers where it came from (file and line, or the --set argument) so that an error can
+name it. Validation happens here, before any stage runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sysvm.errors import SysvmError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = ROOT / "sysvm.yaml"
+
+KNOWN_ROLES = ("consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr")
+KNOWN_HYPERVISORS = ("kvm", "xen", "vmware", "hyperv", "ovm")
+KNOWN_RELEASES = ("buster", "bullseye", "bookworm", "trixie")
+
+
+@dataclass(frozen=True)
+class CloudStack:
+    version: str
+    build_date: str = ""  # ISO 8601 date; empty means SOURCE_DATE_EPOCH, else no date at all
+
+
+@dataclass(frozen=True)
+class Debian:
+    release: str
+    architecture: Literal["amd64"]
+    mirror: str  # "auto": the Debian mirror the host's apt uses; a release may name its own default
+    security_mirror: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """What differs between Debian releases, as data."""
+
+    java_package: str
+    iptables_backend: Literal["legacy", "nft"]
+    security_suite: str
+    mirror: str = ""  # when set, the default mirror for this release (buster lives on the archive)
+    security_mirror: str = ""
+    package_renames: dict[str, str] = field(default_factory=dict)
+    packages_dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Packages:
+    common: list[str]
+    roles: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class Disk:
+    size_mib: int
+
+
+@dataclass(frozen=True)
+class ConsoleProxy:
+    http_port: int
+    https_port: int
+    websocket_port: int
+    websocket_tls_port: int
+    websocket_tls: bool
+
+
+@dataclass(frozen=True)
+class HealthChecks:
+    basic_interval_minutes: int
+    advanced_interval_minutes: int
+
+
+@dataclass(frozen=True)
+class Export:
+    hypervisors: list[str]
+    name_pattern: str  # placeholders: {version} {arch} {hypervisor}
+
+
+@dataclass(frozen=True)
+class Packer:
+    memory_mib: int
+    boot_timeout_s: int
+    ssh_timeout_s: int
+
+
+@dataclass(frozen=True)
+class Verify:
+    roles: list[str]
+    memory_mib: int
+    boot_timeout_s: int
+    accelerator: Literal["auto", "kvm", "tcg"]
+
+
+@dataclass(frozen=True)
+class Config:
+    cloudstack: CloudStack
+    debian: Debian
+    releases: dict[str, Release]
+    packages: Packages
+    roles: list[str]
+    disk: Disk
+    consoleproxy: ConsoleProxy
+    health_checks: HealthChecks
+    export: Export
+    packer: Packer
+    verify: Verify
+    path_excludes: list[str] = field(default_factory=list)  # dpkg path-exclude globs
+    path_includes: list[str] = field(default_factory=list)  # dpkg path-include globs (exceptions)
+    overlay_layers: list[str] = field(default_factory=list)  # extra overlay folders, applied last
+
+    @property
+    def release(self) -> Release:
+        return self.releases[self.debian.release]
+
+    def package_list(self) -> list[str]:
+        """Every package of every role for the chosen release, renamed and filtered per release."""
+        wanted = [*self.packages.common, *(p for role in self.roles for p in self.packages.roles.get(role, []))]
+        wanted.append(self.release.java_package)
+        renamed = [self.release.package_renames.get(name, name) for name in wanted]
+        dropped = set(self.release.packages_dropped)
+        return sorted({name for name in renamed if name not in dropped})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+Origins = dict[tuple[str, ...], str]
+
+
+def _load_yaml(path: Path) -> tuple[dict[str, Any], Origins]:
+    if not path.is_file():
+        raise SysvmError(f"{path}: configuration file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else {}
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SysvmError(f"{path}{where}: malformed YAML: {problem}") from error
+    if not isinstance(data, dict):
+        raise SysvmError(f"{path}: expected a mapping of settings at the top level")
+    origins: Origins = {}
+    if node is not None:
+        _record_origins(node, (), str(path), origins)
+    return data, origins
+
+
+def _record_origins(node: yaml.Node, prefix: tuple[str, ...], source: str, origins: Origins) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            origins[key] = f"{source}:{key_node.start_mark.line + 1}"
+            _record_origins(value_node, key, source, origins)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_set(data: dict[str, Any], origins: Origins, assignment: str) -> dict[str, Any]:
+    if "=" not in assignment:
+        raise SysvmError(f"--set {assignment}: expected key=value (for example debian.release=bullseye)")
+    dotted, raw = assignment.split("=", 1)
+    path = tuple(part for part in dotted.strip().split("."))
+    if not dotted.strip() or any(not part for part in path):
+        raise SysvmError(f"--set {assignment}: expected a dotted key such as disk.size_mib")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise SysvmError(f"--set {assignment}: value is not valid YAML") from error
+    patch: dict[str, Any] = {path[-1]: value}
+    for part in reversed(path[:-1]):
+        patch = {part: patch}
+    for depth in range(1, len(path) + 1):
+        origins[path[:depth]] = f"--set {assignment}"
+    return _merge(data, patch)
+
+
+def load(user_file: Path | None = None, overrides: typing.Sequence[str] = (), defaults: Path = DEFAULTS_FILE) -> Config:
+    data, origins = _load_yaml(defaults)
+    if user_file is not None:
+        user_data, user_origins = _load_yaml(user_file)
+        data = _merge(data, user_data)
+        origins.update(user_origins)
+    for assignment in overrides:
+        data = _apply_set(data, origins, assignment)
+    config = _convert(Config, data, (), origins, str(defaults))
+    _validate(config, origins)
+    return config
+
+
+# ------------------------------------------------------------------------------------------- conversion
+
+
+def _where(path: tuple[str, ...], origins: Origins, fallback: str) -> str:
+    for depth in range(len(path), 0, -1):
+        if path[:depth] in origins:
+            return origins[path[:depth]]
+    return fallback
+
+
+def _fail(path: tuple[str, ...], origins: Origins, fallback: str, message: str) -> SysvmError:
+    key = ".".join(path) or "(top level)"
+    return SysvmError(f"{_where(path, origins, fallback)}: {key}: {message}")
+
+
+def _describe(kind: Any) -> str:
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        return "one of " + ", ".join(str(v) for v in typing.get_args(kind))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(kind)[0])}"
+    if origin is dict:
+        return f"a mapping of names to {_describe(typing.get_args(kind)[1])}"
+    if dataclasses.is_dataclass(kind):
+        return "a mapping"
+    return {str: "a string", int: "an integer", bool: "true or false"}.get(kind, str(kind))
+
+
+def _convert(kind: Any, value: Any, path: tuple[str, ...], origins: Origins, fallback: str) -> Any:
+    origin = typing.get_origin(kind)
+    bad = _fail(path, origins, fallback, f"expected {_describe(kind)}, got {value!r}")
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise bad
+        hints = typing.get_type_hints(kind)
+        fields = {f.name: f for f in dataclasses.fields(kind)}
+        for key in value:
+            if key not in fields:
+                expected = ", ".join(fields)
+                raise _fail((*path, str(key)), origins, fallback, f"unknown key (expected one of: {expected})")
+        converted = {}
+        for name, spec in fields.items():
+            if name in value:
+                converted[name] = _convert(hints[name], value[name], (*path, name), origins, fallback)
+            elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise _fail((*path, name), origins, fallback, "missing required key")
+        return kind(**converted)
+    if origin is Literal:
+        if value not in typing.get_args(kind):
+            raise bad
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        item = typing.get_args(kind)[0]
+        return [_convert(item, entry, (*path, str(index)), origins, fallback) for index, entry in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        item = typing.get_args(kind)[1]
+        return {str(k): _convert(item, v, (*path, str(k)), origins, fallback) for k, v in value.items()}
+    if isinstance(kind, types.UnionType):
+        raise TypeError(f"union types are not supported in the schema: {kind}")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if kind is str:
+        if isinstance(value, datetime.date):  # YAML reads an unquoted 2025-01-31 as a date
+            return value.isoformat()
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported schema type {kind}")
+
+
+def _validate(config: Config, origins: Origins) -> None:
+    fallback = str(DEFAULTS_FILE)
+
+    def check(ok: bool, path: tuple[str, ...], message: str) -> None:
+        if not ok:
+            raise _fail(path, origins, fallback, message)
+
+    check(bool(re.fullmatch(r"\d+\.\d+\.\d+(\.\d+)?", config.cloudstack.version)), ("cloudstack", "version"),
+          f"expected a version like 4.20.0, got {config.cloudstack.version!r}")
+    check(not config.cloudstack.build_date or bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", config.cloudstack.build_date)),
+          ("cloudstack", "build_date"), f"expected a date like 2025-01-31, got {config.cloudstack.build_date!r}")
+    check(config.debian.release in KNOWN_RELEASES, ("debian", "release"),
+          f"unknown release {config.debian.release!r} (expected one of: {', '.join(KNOWN_RELEASES)})")
+    check(config.debian.release in config.releases, ("releases",),
+          f"no entry for release {config.debian.release!r}")
+    for name in config.releases:
+        check(name in KNOWN_RELEASES, ("releases", name),
+              f"unknown release (expected one of: {', '.join(KNOWN_RELEASES)})")
+    for index, role in enumerate(config.roles):
+        check(role in KNOWN_ROLES, ("roles", str(index)),
+              f"unknown role {role!r} (expected one of: {', '.join(KNOWN_ROLES)})")
+    for role in config.packages.roles:
+        check(role in KNOWN_ROLES, ("packages", "roles", role),
+              f"unknown role (expected one of: {', '.join(KNOWN_ROLES)})")
+    for index, role in enumerate(config.verify.roles):
+        check(role in config.roles, ("verify", "roles", str(index)),
+              f"role {role!r} is not in roles ({', '.join(config.roles)})")
+    for index, hypervisor in enumerate(config.export.hypervisors):
+        check(hypervisor in KNOWN_HYPERVISORS, ("export", "hypervisors", str(index)),
+              f"unknown hypervisor {hypervisor!r} (expected one of: {', '.join(KNOWN_HYPERVISORS)})")
+    check("{hypervisor}" in config.export.name_pattern and "{version}" in config.export.name_pattern,
+          ("export", "name_pattern"), "must contain {version} and {hypervisor}")
+    try:
+        config.export.name_pattern.format(version="v", arch="a", hypervisor="h")
+    except (KeyError, IndexError, ValueError) as error:
+        raise _fail(("export", "name_pattern"), origins, fallback,
+                    "only {version}, {arch} and {hypervisor} may be used") from error
+    check(config.disk.size_mib >= 1024, ("disk", "size_mib"), f"expected at least 1024, got {config.disk.size_mib}")
+    ports = config.consoleproxy
+    for name in ("http_port", "https_port", "websocket_port", "websocket_tls_port"):
+        value = getattr(ports, name)
+        check(0 < value < 65536, ("consoleproxy", name), f"expected a TCP port 1-65535, got {value}")
+    for name in ("basic_interval_minutes", "advanced_interval_minutes"):
+        value = getattr(config.health_checks, name)
+        check(1 <= value <= 59, ("health_checks", name), f"expected 1-59 minutes, got {value}")
+    for index, layer in enumerate(config.overlay_layers):
+        check((ROOT / layer).is_dir() or Path(layer).is_dir(), ("overlay_layers", str(index)),
+              f"overlay folder {layer!r} does not exist")

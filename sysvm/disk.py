@@ -1,0 +1,163 @@
+"""disk stage: rootfs + overlay into a partitioned disk that boots under a BIOS, without loop devices.
+
+mke2fs writes the filesystem straight into the partition's place in the disk file (-d from a folder,
+-E offset), and GRUB's boot sector and core image, built with the image's own GRUB modules, go into
+the MBR and the gap before the partition. Nothing is mounted, so nothing can be left mounted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sysvm import log
+from sysvm.cache import stage_key
+from sysvm.config import Config
+from sysvm.errors import SysvmError
+from sysvm.fsutil import atomic_path, remove_tree, scratch_dir
+from sysvm.qemu import PROBE_KERNEL
+from sysvm.render import Overlay
+from sysvm.rootfs import Rootfs
+from sysvm.run import run
+from sysvm.workspace import Workspace
+
+SECTOR = 512
+PARTITION_START = 1 << 20  # 1 MiB: room for GRUB's core image before the partition
+MBR_CODE_SIZE = 440  # boot code; the disk signature and partition table follow and are kept
+GRUB_CORE_MODULES = ("biosdisk", "part_msdos", "ext2", "search", "search_fs_uuid")
+KERNEL_ARGS = "ro console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"
+FW_CFG_KEY = "opt/sysvm/build_key"
+
+BUILD_KEY_UNIT = f"""[Unit]
+Description=Install the SSH key of the image build (present only while the image is built)
+Before=ssh.service
+ConditionVirtualization=vm
+
+[Service]
+Type=oneshot
+ExecStartPre=-/sbin/modprobe qemu_fw_cfg
+ExecStart=/bin/sh -c 'key=/sys/firmware/qemu_fw_cfg/by_name/{FW_CFG_KEY}/raw; [ -r "$key" ] || exit 0; \\
+  install -d -m 0700 /root/.ssh && install -m 0600 "$key" /root/.ssh/authorized_keys'
+
+[Install]
+WantedBy=multi-user.target
+"""
+BUILD_KEY_UNIT_PATH = "etc/systemd/system/sysvm-build-key.service"
+
+
+@dataclass(frozen=True)
+class BaseDisk:
+    key: str
+    image: Path  # qcow2
+    root_uuid: str
+
+
+def disk_key(config: Config, rootfs: Rootfs, overlay: Overlay) -> str:
+    return stage_key("disk", rootfs.key, overlay.key, config.disk.size_mib, KERNEL_ARGS, BUILD_KEY_UNIT)
+
+
+def kernel_version(root: Path) -> str:
+    kernels = sorted(path.name.removeprefix("vmlinuz-") for path in (root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise SysvmError(f"{root}/boot: no kernel in the root filesystem (is linux-image-* in packages.common?)")
+    return kernels[-1]
+
+
+def apply_overlay(overlay: Overlay, root: Path) -> None:
+    run(["cp", "-a", "--no-preserve=ownership", f"{overlay.tree}/.", str(root)])
+
+
+def configure_boot(root: Path, root_uuid: str) -> str:
+    kernel = kernel_version(root)
+    (root / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+    grub_dir = root / "boot/grub"
+    modules_dir = grub_dir / "i386-pc"
+    modules_dir.mkdir(parents=True, exist_ok=True)
+    for module in (root / "usr/lib/grub/i386-pc").iterdir():
+        if module.suffix in (".mod", ".lst"):
+            shutil.copy2(module, modules_dir / module.name)
+    (grub_dir / "grub.cfg").write_text(
+        "set default=0\nset timeout=1\n"
+        "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n"
+        f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
+        "menuentry 'CloudStack system VM' {\n"
+        f"  linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} {KERNEL_ARGS}\n"
+        f"  initrd /boot/initrd.img-{kernel}\n}}\n"
+    )
+    (root / "etc/hostname").write_text("systemvm\n")
+    (root / "etc/network/interfaces").write_text("auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")
+    (root / BUILD_KEY_UNIT_PATH).write_text(BUILD_KEY_UNIT)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "sysvm-build-key.service"
+    if not link.is_symlink():
+        link.symlink_to(f"/{BUILD_KEY_UNIT_PATH}")
+    _lock_root_password(root)
+    return kernel
+
+
+def _lock_root_password(root: Path) -> None:
+    shadow = root / "etc/shadow"
+    lines = shadow.read_text().splitlines()
+    locked = [":".join([fields[0], "*", *fields[2:]]) if fields[0] == "root" else line
+              for line in lines for fields in [line.split(":")]]
+    shadow.write_text("\n".join(locked) + "\n")
+
+
+def install_grub(root: Path, disk: Path, root_uuid: str, scratch: Path) -> None:
+    grub_modules = root / "usr/lib/grub/i386-pc"
+    early = scratch / "early.cfg"
+    early.write_text(f"search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\n")
+    core = scratch / "core.img"
+    run(["grub-mkimage", "-O", "i386-pc", "-d", grub_modules, "-o", core, "-c", early, "-p", "/boot/grub",
+         *GRUB_CORE_MODULES])
+    core_bytes = core.read_bytes()
+    if len(core_bytes) > PARTITION_START - SECTOR:
+        raise SysvmError(f"{core}: GRUB core image of {len(core_bytes)} bytes does not fit before the partition")
+    boot_sector = (grub_modules / "boot.img").read_bytes()
+    # boot.img loads the sector after the MBR, where core.img's first sector lists the rest that follows.
+    with disk.open("r+b") as handle:
+        mbr = handle.read(SECTOR)
+        handle.seek(0)
+        handle.write(boot_sector[:MBR_CODE_SIZE] + mbr[MBR_CODE_SIZE:SECTOR - 2] + b"\x55\xaa")
+        handle.seek(SECTOR)
+        handle.write(core_bytes)
+
+
+def build_disk(config: Config, rootfs: Rootfs, overlay: Overlay, workspace: Workspace, force: bool = False) -> BaseDisk:
+    key = disk_key(config, rootfs, overlay)
+    folder = workspace.stage_dir("disk", key)
+    # Derived from the key so that the same inputs give the same filesystem UUID.
+    root_uuid = str(uuid.UUID(key.ljust(32, "0")[:32]))
+    result = BaseDisk(key, folder / "base.qcow2", root_uuid)
+    if result.image.is_file() and not force:
+        log.say(f"    disk: up to date ({folder})")
+        return result
+    scratch = scratch_dir(workspace.build / "tmp", "disk-")
+    try:
+        root = scratch / "root"
+        root.mkdir()
+        run(["tar", "-xpf", rootfs.tarball, "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C", root])
+        apply_overlay(overlay, root)
+        kernel = configure_boot(root, root_uuid)
+        raw = scratch / "disk.raw"
+        size = config.disk.size_mib << 20
+        with raw.open("wb") as handle:
+            handle.truncate(size)
+        run(["sfdisk", "--quiet", raw], input=f"label: dos\nstart={PARTITION_START // SECTOR}, type=83, bootable\n".encode())
+        partition_kib = (size - PARTITION_START) // 1024
+        run(["mkfs.ext4", "-q", "-F", "-L", "ROOT", "-U", root_uuid, "-d", root,
+             "-E", f"offset={PARTITION_START}", raw, f"{partition_kib}k"])
+        install_grub(root, raw, root_uuid, scratch)
+        with atomic_path(folder) as temporary:
+            temporary.mkdir(parents=True)
+            run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, temporary / "base.qcow2"])
+            (temporary / "kernel").write_text(kernel + "\n")
+        workspace.cache.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / f"boot/vmlinuz-{kernel}", workspace.cache / PROBE_KERNEL)
+    finally:
+        remove_tree(scratch)
+    log.say(f"    disk: kernel {kernel}, {config.disk.size_mib} MiB disk, root UUID {root_uuid}")
+    return result

@@ -1,0 +1,114 @@
+"""packer stage: Packer's QEMU builder boots the base disk, provisions it over SSH on 3922, shuts it down.
+
+The SSH key is made for this build only. QEMU hands it to the guest through fw_cfg, a unit of the
+base disk installs it, and the last provisioning script removes both key and unit before shutdown.
+The template is JSON, which Debian's Packer 1.6.6 reads, and current Packer reads too once its QEMU
+plugin is installed (`packer plugins install github.com/hashicorp/qemu`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sysvm import log
+from sysvm.cache import stage_key
+from sysvm.config import ROOT, Config
+from sysvm.disk import FW_CFG_KEY, BaseDisk
+from sysvm.fsutil import atomic_path, remove_tree, scratch_dir, sha256_file
+from sysvm.qemu import accelerator
+from sysvm.run import run
+from sysvm.workspace import Workspace
+
+SCRIPTS = ROOT / "packer" / "scripts"
+IMAGE_NAME = "systemvm.qcow2"
+# Every service whose state depends on the role; the boot-time setup enables a role's own.
+ROLE_SERVICES = ("cloud", "apache2", "dnsmasq", "haproxy", "keepalived", "conntrackd", "radvd", "nfs-common",
+                 "xl2tpd", "strongswan-starter", "ipsec")
+
+
+@dataclass(frozen=True)
+class ProvisionedDisk:
+    key: str
+    image: Path
+
+
+def packer_key(config: Config, disk: BaseDisk) -> str:
+    return stage_key("packer", disk.key, config.release.iptables_backend, ROLE_SERVICES, trees=[SCRIPTS])
+
+
+def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, serial_log: Path,
+             accel: str) -> dict[str, object]:
+    environment = [f"IPTABLES_BACKEND={config.release.iptables_backend}",
+                   f"ROLE_SERVICES={' '.join(ROLE_SERVICES)}"]
+    return {
+        "builders": [{
+            "type": "qemu",
+            "iso_url": str(disk.image),
+            "iso_checksum": f"sha256:{sha256_file(disk.image)}",
+            "disk_image": True,
+            # Packer 1.6.6 creates a backing-file overlay without naming the backing format, which
+            # current qemu-img refuses; a copy of the base disk works with every version.
+            "use_backing_file": False,
+            "skip_compaction": True,
+            "format": "qcow2",
+            "accelerator": accel,
+            "headless": True,
+            "output_directory": str(output_dir),
+            "vm_name": IMAGE_NAME,
+            "disk_interface": "virtio",
+            "disk_discard": "unmap",
+            "net_device": "virtio-net",
+            "memory": config.packer.memory_mib,
+            "cpus": 2,
+            "communicator": "ssh",
+            "ssh_username": "root",
+            "ssh_private_key_file": str(key_file),
+            "ssh_port": 3922,
+            "ssh_timeout": f"{config.packer.ssh_timeout_s}s",
+            "boot_wait": "1s",
+            "shutdown_command": "systemctl poweroff",
+            "shutdown_timeout": "5m",
+            "qemuargs": [
+                ["-fw_cfg", f"name={FW_CFG_KEY},file={key_file}.pub"],
+                ["-serial", f"file:{serial_log}"],
+            ],
+        }],
+        "provisioners": [{
+            "type": "shell",
+            "scripts": [str(path) for path in sorted(SCRIPTS.glob("*.sh"))],
+            "environment_vars": environment,
+            "execute_command": "chmod +x {{ .Path }}; {{ .Vars }} {{ .Path }}",
+        }],
+    }
+
+
+def provision(config: Config, disk: BaseDisk, workspace: Workspace, force: bool = False) -> ProvisionedDisk:
+    key = packer_key(config, disk)
+    folder = workspace.stage_dir("packer", key)
+    result = ProvisionedDisk(key, folder / IMAGE_NAME)
+    if result.image.is_file() and not force:
+        log.say(f"    packer: up to date ({folder})")
+        return result
+    accel = accelerator("auto", workspace.cache)
+    scratch = scratch_dir(workspace.build / "tmp", "packer-")
+    try:
+        key_file = scratch / "build_key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sysvm-build", "-f", key_file])
+        output_dir = scratch / "out"
+        serial_log = workspace.logs / "packer-serial.log"
+        document = template(config, disk, key_file, output_dir, serial_log, accel)
+        template_file = scratch / "template.json"
+        template_file.write_text(json.dumps(document, indent=2))
+        environment = {"PACKER_LOG": "1", "PACKER_LOG_PATH": str(workspace.logs / "packer-debug.log"),
+                       "CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": str(workspace.cache / "packer")}
+        with log.waiting(f"Packer to boot and provision the image ({accel}; serial console: {serial_log})"):
+            run(["packer", "build", "-color=false", template_file], env=environment, cwd=scratch)
+        with atomic_path(folder) as temporary:
+            temporary.mkdir(parents=True)
+            (output_dir / IMAGE_NAME).rename(temporary / IMAGE_NAME)
+            (temporary / "template.json").write_text(template_file.read_text())
+    finally:
+        remove_tree(scratch)
+    return result

@@ -1,0 +1,177 @@
+"""Render stage: Jinja2 templates plus static overlay layers become one overlay tree with a manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from sysvm import log
+from sysvm.cache import stage_key
+from sysvm.config import ROOT, Config
+from sysvm.errors import SysvmError
+from sysvm.fsutil import atomic_path
+from sysvm.workspace import Workspace
+
+TEMPLATES = ROOT / "templates"
+OVERLAYS = ROOT / "overlays"
+TEMPLATE_SUFFIX = ".j2"
+PARTIAL_SUFFIX = ".inc.j2"
+SSH_PORT = 3922
+AGENT_PORT = 8250
+SIGNATURE_PATH = "var/cache/cloud/cloud-scripts-signature"
+# Folders whose files make up "the cloud scripts" that the router version check compares.
+SIGNED_FOLDERS = ("opt/cloud", "root/health_checks", "usr/local/cloud/systemvm")
+
+
+@dataclass(frozen=True)
+class Overlay:
+    key: str
+    tree: Path
+    manifest: Path
+
+    def entries(self) -> list[dict[str, str]]:
+        return json.loads(self.manifest.read_text())["files"]
+
+
+def build_date(config: Config) -> str:
+    if config.cloudstack.build_date:
+        return config.cloudstack.build_date
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if epoch.isdigit():
+        return datetime.datetime.fromtimestamp(int(epoch), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ""
+
+
+def layers(config: Config) -> list[str]:
+    """common first, then the layer of every configured role that has one."""
+    names = ["common"]
+    for role in config.roles:
+        layer = "router" if role in ("vpcrouter", "dhcpsrvr") else role
+        if layer not in names:
+            names.append(layer)
+    return names
+
+
+def context(config: Config) -> dict[str, object]:
+    return {
+        "version": config.cloudstack.version,
+        "build_date": build_date(config),
+        "release_name": config.debian.release,
+        "release": dataclasses.asdict(config.release),
+        "consoleproxy": dataclasses.asdict(config.consoleproxy),
+        "health_checks": dataclasses.asdict(config.health_checks),
+        "roles": list(config.roles),
+        "ssh_port": SSH_PORT,
+        "agent_port": AGENT_PORT,
+        "agent_heap_mib": 128,
+    }
+
+
+def _extra_layers(config: Config) -> list[Path]:
+    return [(ROOT / layer) if (ROOT / layer).is_dir() else Path(layer) for layer in config.overlay_layers]
+
+
+def render_key(config: Config) -> str:
+    sources = [TEMPLATES / name for name in layers(config)] + [OVERLAYS / name for name in layers(config)]
+    return stage_key("render", context(config), layers(config), trees=[*sources, *_extra_layers(config)])
+
+
+def _render_templates(environment: jinja2.Environment, layer: str, values: dict[str, object], tree: Path) -> None:
+    source_root = TEMPLATES / layer
+    if not source_root.is_dir():
+        return
+    for source in sorted(source_root.rglob(f"*{TEMPLATE_SUFFIX}")):
+        if source.name.endswith(PARTIAL_SUFFIX):
+            continue
+        relative = source.relative_to(source_root).as_posix()[: -len(TEMPLATE_SUFFIX)]
+        name = source.relative_to(TEMPLATES).as_posix()
+        try:
+            text = environment.get_template(name).render(values)
+        except jinja2.UndefinedError as error:
+            raise SysvmError(f"{source}: undefined template variable: {error.message}") from error
+        except jinja2.TemplateSyntaxError as error:
+            raise SysvmError(f"{source}:{error.lineno}: template syntax error: {error.message}") from error
+        target = tree / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        target.chmod(source.stat().st_mode & 0o755 | 0o644)
+
+
+def _copy_layer(source_root: Path, tree: Path) -> None:
+    if not source_root.is_dir():
+        return
+    for source in sorted(source_root.rglob("*")):
+        if "__pycache__" in source.parts:
+            continue
+        target = tree / source.relative_to(source_root)
+        if source.is_symlink():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            target.symlink_to(os.readlink(source))
+        elif source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            target.chmod(source.stat().st_mode & 0o755 | 0o644)
+
+
+def scripts_signature(tree: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    for folder in SIGNED_FOLDERS:
+        for path in sorted((tree / folder).rglob("*")) if (tree / folder).is_dir() else []:
+            if path.is_file() and not path.is_symlink():
+                digest.update(path.relative_to(tree).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _manifest(tree: Path) -> list[dict[str, str]]:
+    entries = []
+    for path in sorted(tree.rglob("*")):
+        relative = "/" + path.relative_to(tree).as_posix()
+        if path.is_symlink():
+            entries.append({"path": relative, "type": "link", "target": os.readlink(path)})
+        elif path.is_file():
+            mode = f"{path.stat().st_mode & 0o7777:04o}"
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            entries.append({"path": relative, "type": "file", "mode": mode, "sha256": sha})
+    return entries
+
+
+def render(config: Config, workspace: Workspace, force: bool = False) -> Overlay:
+    key = render_key(config)
+    folder = workspace.stage_dir("render", key)
+    overlay = Overlay(key, folder / "overlay", folder / "manifest.json")
+    if overlay.manifest.is_file() and not force:
+        log.say(f"    render: up to date ({folder})")
+        return overlay
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
+    )
+    values = context(config)
+    with atomic_path(folder) as temporary:
+        tree = temporary / "overlay"
+        tree.mkdir(parents=True)
+        for layer in layers(config):
+            _render_templates(environment, layer, values, tree)
+            _copy_layer(OVERLAYS / layer, tree)
+        for extra in _extra_layers(config):
+            _copy_layer(extra, tree)
+        signature = tree / SIGNATURE_PATH
+        signature.parent.mkdir(parents=True, exist_ok=True)
+        signature.write_text(scripts_signature(tree) + "\n")
+        document = {"key": key, "release": config.debian.release, "layers": layers(config),
+                    "files": _manifest(tree)}
+        (temporary / "manifest.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    log.say(f"    render: {len(overlay.entries())} files in {overlay.tree}")
+    return overlay

@@ -1,0 +1,26 @@
+"""Shared fixtures: the repository root, a workspace under a temporary folder, default configuration."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# The in-image setup code is imported from the overlay, as the image's python3 imports it.
+sys.path.insert(0, str(ROOT / "overlays/common/opt/cloud/lib"))
+
+from sysvm import config as config_module  # noqa: E402
+from sysvm.workspace import Workspace  # noqa: E402
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path / "output")
+
+
+@pytest.fixture
+def default_config() -> config_module.Config:
+    return config_module.load()

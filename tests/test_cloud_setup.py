@@ -1,0 +1,358 @@
+"""Boot-time role setup, run on the host against a temporary root for each role and hypervisor channel."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import stat
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from cloud_setup import cmdline as cmdline_module
+from cloud_setup.__main__ import main as setup_main
+from cloud_setup.cmdline import Acquisition, detect_hypervisor, parse
+from cloud_setup.diagnostics import collect
+from cloud_setup.paths import Paths
+from cloud_setup.setup import Setup
+
+from sysvm.render import render
+
+MGMT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc2aW1ldGVzdGtleWZvcm1hbmFnZW1lbnQ mgmt@cloudstack"
+KEY_B64 = base64.b64encode(MGMT_KEY.encode()).decode()
+
+LINES = {
+    "consoleproxy": (
+        "template=domP type=consoleproxy host=10.0.0.5 port=8250 name=v-2-VM zone=1 pod=1 guid=Proxy.2 "
+        "proxy_vm=2 eth0ip=169.254.3.93 eth0mask=255.255.0.0 eth1ip=10.0.0.50 eth1mask=255.255.255.0 "
+        "eth2ip=192.168.1.20 eth2mask=255.255.255.0 gateway=192.168.1.1 mgmtcidr=10.0.0.0/24 localgw=10.0.0.1 "
+        f"internaldns1=10.0.0.2 dns1=8.8.8.8 domain=cloud.local authorized_key={KEY_B64}"),
+    "secstorage": (
+        "template=domP type=secstorage host=10.0.0.5 port=8250 name=s-1-VM zone=1 pod=1 guid=s-1-VM-NfsSecondaryStorageResource "
+        "eth0ip=169.254.1.11 eth0mask=255.255.0.0 eth1ip=10.0.0.51 eth1mask=255.255.255.0 eth2ip=192.168.1.21 "
+        "eth2mask=255.255.255.0 gateway=192.168.1.1 mgmtcidr=10.0.0.0/24 localgw=10.0.0.1 internaldns1=10.0.0.2 "
+        f"authorized_key={KEY_B64}"),
+    "router": (
+        "template=domP type=router name=r-4-VM eth0ip=10.1.1.1 eth0mask=255.255.255.0 eth1ip=169.254.0.44 "
+        "eth1mask=255.255.0.0 eth2ip=192.168.1.30 eth2mask=255.255.255.0 gateway=192.168.1.1 dns1=8.8.8.8 "
+        f"dns2=8.8.4.4 domain=guest.local authorized_key={KEY_B64}"),
+    "vpcrouter": (
+        "template=domP type=vpcrouter name=r-5-VM eth0ip=169.254.0.45 eth0mask=255.255.0.0 "
+        f"dns1=8.8.8.8 authorized_key={KEY_B64}"),
+    "dhcpsrvr": (
+        "template=domP type=dhcpsrvr name=r-6-VM eth0ip=10.1.1.2 eth0mask=255.255.255.0 eth1ip=169.254.0.46 "
+        f"eth1mask=255.255.0.0 dns1=8.8.8.8 authorized_key={KEY_B64}"),
+}
+CONTROL = {"consoleproxy": ("eth0", "169.254.3.93"), "secstorage": ("eth0", "169.254.1.11"),
+           "router": ("eth1", "169.254.0.44"), "vpcrouter": ("eth0", "169.254.0.45"),
+           "dhcpsrvr": ("eth1", "169.254.0.46")}
+ENABLED = {"consoleproxy": set(), "secstorage": {"apache2"}, "router": {"apache2", "dnsmasq", "haproxy"},
+           "vpcrouter": {"apache2", "dnsmasq", "haproxy"}, "dhcpsrvr": {"apache2", "dnsmasq"}}
+
+
+class FakeSystem:
+    """Answers the commands the setup runs, keeping which units are enabled; records every call."""
+
+    def __init__(self, outputs: dict[str, str] | None = None) -> None:
+        self.enabled: set[str] = {"apache2", "dnsmasq", "haproxy", "keepalived", "cloud"}
+        self.calls: list[list[str]] = []
+        self.outputs = outputs or {}
+
+    def __call__(self, argv: list[str], stdin: str | None = None) -> str | None:
+        self.calls.append(argv)
+        if argv[:2] == ["systemctl", "is-enabled"]:
+            return "enabled\n" if argv[2].removesuffix(".service") in self.enabled else None
+        if argv[:2] == ["systemctl", "enable"]:
+            self.enabled.add(argv[2].removesuffix(".service"))
+        if argv[:2] == ["systemctl", "disable"]:
+            self.enabled.discard(argv[2].removesuffix(".service"))
+        return self.outputs.get(argv[0], "")
+
+
+@pytest.fixture(scope="module")
+def overlay_tree(tmp_path_factory) -> Path:
+    from sysvm import config
+    from sysvm.workspace import Workspace
+
+    return render(config.load(), Workspace(tmp_path_factory.mktemp("render"))).tree
+
+
+@pytest.fixture
+def root(tmp_path, overlay_tree) -> Path:
+    import shutil
+
+    target = tmp_path / "root"
+    shutil.copytree(overlay_tree, target, symlinks=True)
+    (target / "etc/passwd").write_text("root:x:0:0::/root:/bin/bash\ncloud:x:1000:1000::/home/cloud:/bin/bash\n")
+    (target / "etc/hosts").write_text("127.0.0.1 localhost\n10.9.9.9 keep-me\n")
+    return target
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("role", sorted(LINES))
+def test_each_role_is_configured_and_rerun_changes_nothing(role, root):
+    paths = Paths(root)
+    system = FakeSystem()
+    line = parse(LINES[role])
+    assert line.errors == []
+    Setup(paths, line, "kvm", system).apply()
+    nic, address = CONTROL[role]
+    name = line.get("name")
+    assert (root / "etc/hostname").read_text() == f"{name}\n"
+    hosts = (root / "etc/hosts").read_text()
+    assert f"127.0.1.1\t{name}" in hosts and "10.9.9.9 keep-me" in hosts
+    interfaces = (root / "etc/network/interfaces").read_text()
+    for index, interface in line.interfaces.items():
+        assert f"iface eth{index} inet static\n    address {interface.address}\n    netmask {interface.netmask}" in interfaces
+    sshd = (root / "etc/ssh/sshd_config.d/10-cloudstack-control.conf").read_text()
+    assert f"ListenAddress {address}\n" in sshd and "Port 3922" in sshd
+    rules = (root / "etc/iptables/rules.v4").read_text()
+    assert re.search(rf"-A INPUT -i {nic} -p tcp .*--dport 3922 -j ACCEPT", rules)
+    expected_file = "iptables-router" if role == "dhcpsrvr" else f"iptables-{role}"
+    assert rules == (root / "etc/iptables" / expected_file).read_text()
+    assert ["iptables-restore", str(root / "etc/iptables/rules.v4")] in system.calls
+    keys = root / "root/.ssh/authorized_keys"
+    assert keys.read_text() == MGMT_KEY + "\n" and stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert system.enabled == ENABLED[role]  # no agent bundle in the overlay: cloud stays disabled
+    assert ["chpasswd"] in system.calls
+
+    before = snapshot(root)
+    rerun = FakeSystem()
+    rerun.enabled = set(system.enabled)
+    assert Setup(paths, parse(LINES[role]), "kvm", rerun).apply() == []
+    assert snapshot(root) == before
+    assert not [c for c in rerun.calls if c[:2] in (["systemctl", "enable"], ["systemctl", "disable"])]
+
+
+def test_routes_dns_and_agent_properties_for_console_proxy(root):
+    paths = Paths(root)
+    Setup(paths, parse(LINES["consoleproxy"]), "kvm", FakeSystem()).apply()
+    interfaces = (root / "etc/network/interfaces").read_text()
+    eth1 = interfaces.split("iface eth1")[1].split("auto eth2")[0]
+    assert "up ip route replace 10.0.0.0/24 via 10.0.0.1 dev eth1" in eth1
+    eth2 = interfaces.split("iface eth2")[1]
+    assert "gateway 192.168.1.1" in eth2
+    assert (root / "etc/resolv.conf").read_text().endswith(
+        "search cloud.local\nnameserver 10.0.0.2\nnameserver 8.8.8.8\n")
+    properties = dict(line.split("=", 1) for line in (root / "usr/local/cloud/systemvm/conf/agent.properties")
+                      .read_text().splitlines() if "=" in line and not line.startswith("#"))
+    assert properties["host"] == "10.0.0.5" and properties["port"] == "8250"
+    assert properties["zone"] == "1" and properties["pod"] == "1"
+    assert properties["guid"] == "Proxy.2" and properties["name"] == "v-2-VM"
+    assert properties["resource"] == "com.cloud.agent.resource.consoleproxy.ConsoleProxyResource"
+
+
+def test_agent_service_enabled_only_with_the_bundle(root):
+    (root / "usr/local/cloud/systemvm/cloud-agent.jar").write_bytes(b"PK")
+    system = FakeSystem()
+    system.enabled = set()
+    Setup(Paths(root), parse(LINES["secstorage"]), "kvm", system).apply()
+    assert system.enabled == {"cloud", "apache2"}
+    assert ["systemctl", "start", "--no-block", "cloud.service"] in system.calls
+
+
+def test_redundant_router_runs_keepalived_instead_of_dnsmasq(root):
+    system = FakeSystem()
+    Setup(Paths(root), parse(LINES["router"] + " redundant_router=true"), "kvm", system).apply()
+    assert system.enabled == {"apache2", "haproxy", "keepalived", "conntrackd"}
+
+
+def test_vmware_console_proxy_uses_eth1_for_control(root):
+    line = LINES["consoleproxy"].replace("eth0ip=169.254.3.93", "eth0ip=10.0.0.60").replace(
+        "eth1ip=10.0.0.50", "eth1ip=169.254.3.93")
+    Setup(Paths(root), parse(line), "vmware", FakeSystem()).apply()
+    assert "ListenAddress 169.254.3.93" in (root / "etc/ssh/sshd_config.d/10-cloudstack-control.conf").read_text()
+    rules = (root / "etc/iptables/rules.v4").read_text()
+    assert re.search(r"-A INPUT -i eth1 -p tcp .*--dport 3922", rules)
+    assert re.search(r"-A INPUT -i eth0 -p tcp .*--dport 8001", rules)
+
+
+# ---------------------------------------------------------------------------------- command line channels
+
+
+def _dmi(root: Path, vendor: str, product: str = "") -> None:
+    folder = root / "sys/class/dmi/id"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sys_vendor").write_text(vendor + "\n")
+    (folder / "product_name").write_text(product + "\n")
+
+
+@pytest.mark.parametrize(("vendor", "expected"), [("QEMU", "kvm"), ("VMware, Inc.", "vmware"),
+                                                  ("Microsoft Corporation", "hyperv"), ("Xen", "xen-hvm")])
+def test_hypervisor_detection_from_dmi(tmp_path, vendor, expected):
+    _dmi(tmp_path, vendor)
+    assert detect_hypervisor(Paths(tmp_path), lambda argv: None) == expected
+
+
+def test_xen_pv_without_dmi(tmp_path):
+    (tmp_path / "proc/xen").mkdir(parents=True)
+    assert detect_hypervisor(Paths(tmp_path), lambda argv: None) == "xen-pv"
+
+
+def _proc_stat(root: Path, btime: float) -> None:
+    (root / "proc").mkdir(parents=True, exist_ok=True)
+    (root / "proc/stat").write_text(f"cpu 1 2 3 4\nbtime {int(btime)}\n")
+
+
+def test_kvm_guest_agent_written_file_is_taken_and_cached_0600(tmp_path):
+    paths = Paths(tmp_path)
+    _proc_stat(tmp_path, time.time() - 100)
+    paths.cmdline.parent.mkdir(parents=True)
+    paths.cmdline.write_text(LINES["router"] + "\n")  # as qemu-guest-agent writes it: fresh, mode 0644
+    paths.cmdline.chmod(0o644)
+    calls = []
+    text = Acquisition(paths, "kvm", runner=lambda argv, stdin=None: calls.append(argv) or "",
+                       wait_seconds=2).acquire()
+    assert text == LINES["router"]
+    assert stat.S_IMODE(paths.cmdline.stat().st_mode) == 0o600
+    assert ["systemctl", "start", "--no-block", "qemu-guest-agent.service"] in calls
+
+
+def test_kvm_virtio_serial_port(tmp_path):
+    paths = Paths(tmp_path)
+    _proc_stat(tmp_path, time.time())
+    ports = tmp_path / "dev/virtio-ports"
+    ports.mkdir(parents=True)
+    os.mkfifo(ports / "s-1-VM.vport")
+    writer_fd = os.open(ports / "s-1-VM.vport", os.O_RDWR | os.O_NONBLOCK)
+    os.write(writer_fd, (LINES["secstorage"] + "\n").encode())
+    try:
+        text = Acquisition(paths, "kvm", runner=lambda argv, stdin=None: "", wait_seconds=3).acquire()
+    finally:
+        os.close(writer_fd)
+    assert text == LINES["secstorage"]
+    assert paths.cmdline.read_text() == LINES["secstorage"] + "\n"
+
+
+def test_kvm_silent_channel_falls_back_to_the_kept_file(tmp_path, caplog):
+    paths = Paths(tmp_path)
+    _proc_stat(tmp_path, time.time() + 1000)  # the cache predates this boot
+    paths.cmdline.parent.mkdir(parents=True)
+    paths.cmdline.write_text(LINES["router"] + "\n")
+    text = Acquisition(paths, "kvm", runner=lambda argv, stdin=None: "", wait_seconds=0.3,
+                       poll_seconds=0.1).acquire()
+    assert text == LINES["router"]
+    assert "no command line arrived from QEMU guest agent or virtio-serial port" in caplog.text
+
+
+def test_empty_channel_and_no_cache_gives_none_and_a_log_line(tmp_path, caplog):
+    paths = Paths(tmp_path)
+    _proc_stat(tmp_path, time.time())
+    assert Acquisition(paths, "kvm", runner=lambda argv, stdin=None: "", wait_seconds=0.2,
+                       poll_seconds=0.1).acquire() is None
+    assert "no command line arrived" in caplog.text
+
+
+def test_xen_pv_cmdline_with_percent_for_space(tmp_path):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cmdline").write_text("root=/dev/xvda1 ro " + LINES["vpcrouter"].replace(" ", "%") + "\n")
+    text = Acquisition(Paths(tmp_path), "xen-pv").acquire()
+    assert parse(text).role == "vpcrouter"
+
+
+def test_xen_hvm_reads_xenstore(tmp_path):
+    runner = {("xenstore-read", "vm-data/cloudstack/init"): LINES["router"].replace(" ", "%")}
+    text = Acquisition(Paths(tmp_path), "xen-hvm", runner=lambda argv, stdin=None: runner.get(tuple(argv))).acquire()
+    assert parse(text).values["name"] == "r-4-VM"
+
+
+def test_vmware_asks_vmtoolsd(tmp_path):
+    answers = {("vmtoolsd", "--cmd", "machine.id.get"): LINES["consoleproxy"]}
+    text = Acquisition(Paths(tmp_path), "vmware", runner=lambda argv, stdin=None: answers.get(tuple(argv))).acquire()
+    assert parse(text).role == "consoleproxy"
+
+
+def test_hyperv_reads_the_kvp_pool(tmp_path):
+    pool = tmp_path / "var/opt/hyperv/.kvp_pool_0"
+    pool.parent.mkdir(parents=True)
+    record = b"cmdline".ljust(512, b"\0") + LINES["secstorage"].encode().ljust(2048, b"\0")
+    pool.write_bytes(b"other".ljust(512, b"\0") + b"x".ljust(2048, b"\0") + record)
+    assert parse(Acquisition(Paths(tmp_path), "hyperv").acquire()).role == "secstorage"
+
+
+def test_mnt_cmdline_overrides_every_channel(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "mnt/cmdline").write_text(LINES["dhcpsrvr"])
+    answers = {("vmtoolsd", "--cmd", "machine.id.get"): LINES["consoleproxy"]}
+    text = Acquisition(Paths(tmp_path), "vmware", runner=lambda argv, stdin=None: answers.get(tuple(argv))).acquire()
+    assert parse(text).role == "dhcpsrvr"
+
+
+# ------------------------------------------------------------------------------------ malformed lines
+
+
+def test_missing_type_is_an_error_but_control_stays_reachable(root):
+    line = parse(LINES["consoleproxy"].replace("type=consoleproxy ", ""))
+    assert "the command line has no type=" in line.errors
+    Setup(Paths(root), line, "kvm", FakeSystem()).apply()
+    rules = (root / "etc/iptables/rules.v4").read_text()
+    assert re.search(r"-A INPUT -i eth\+ -p tcp .*--dport 3922 -j ACCEPT", rules)
+    assert "ListenAddress 169.254.3.93" in (root / "etc/ssh/sshd_config.d/10-cloudstack-control.conf").read_text()
+
+
+def test_bad_address_is_rejected_but_the_control_nic_is_kept(root, caplog):
+    line = parse(LINES["router"].replace("eth2ip=192.168.1.30", "eth2ip=192.168.1.300"))
+    assert line.errors == ["eth2ip=192.168.1.300 is not an IPv4 address"]
+    assert "eth2ip=192.168.1.300 is not an IPv4 address" in caplog.text
+    Setup(Paths(root), line, "kvm", FakeSystem()).apply()
+    assert "ListenAddress 169.254.0.44" in (root / "etc/ssh/sshd_config.d/10-cloudstack-control.conf").read_text()
+    assert "iface eth2" not in (root / "etc/network/interfaces").read_text()
+
+
+def test_bad_netmask_is_rejected():
+    assert parse("type=router eth1ip=169.254.0.4 eth1mask=255.0.255.0").errors == [
+        "eth1mask=255.0.255.0 is not a netmask"]
+
+
+def test_unknown_role_gets_the_default_setup(root):
+    system = FakeSystem()
+    Setup(Paths(root), parse("type=mailserver name=m-1 eth0ip=169.254.9.9 eth0mask=255.255.0.0"), "kvm",
+          system).apply()
+    assert (root / "etc/iptables/rules.v4").read_text() == (root / "etc/iptables/iptables-default").read_text()
+    assert system.enabled == set()
+
+
+def test_main_with_no_command_line_exits_1_keeps_ssh_on_every_address(root, monkeypatch):
+    _proc_stat(root, time.time())
+    monkeypatch.setattr(cmdline_module, "run_command", lambda argv, stdin=None: "")
+    from cloud_setup import __main__ as entry
+
+    monkeypatch.setattr(entry, "run_command", lambda argv, stdin=None: "")
+    assert setup_main(["--root", str(root), "--wait", "0.2"]) == 1
+    assert "ListenAddress" not in (root / "etc/ssh/sshd_config.d/10-cloudstack-control.conf").read_text()
+    assert "iface eth0 inet dhcp" in (root / "etc/network/interfaces").read_text()
+    assert "no command line arrived" in (root / "var/log/cloud.log").read_text()
+
+
+def test_main_writes_cmd_line_json(root, monkeypatch):
+    (root / "mnt").mkdir()
+    (root / "mnt/cmdline").write_text(LINES["router"])
+    from cloud_setup import __main__ as entry
+
+    monkeypatch.setattr(entry, "run_command", FakeSystem())
+    assert setup_main(["--root", str(root)]) == 0
+    document = json.loads((root / "var/cache/cloud/cmd_line.json").read_text())
+    assert document["cmd_line"]["type"] == "router"
+    assert stat.S_IMODE((root / "var/cache/cloud/cmdline").stat().st_mode) == 0o600
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+
+
+def test_diagnostics_zip_holds_files_outputs_and_problems(tmp_path):
+    present = tmp_path / "dnsmasq.log"
+    present.write_text("dhcp lease\n")
+    archive = collect([str(present), "[UPTIME]", "[NOSUCH]", str(tmp_path / "missing.log")], tmp_path / "d.zip")
+    with zipfile.ZipFile(archive) as opened:
+        names = set(opened.namelist())
+        assert str(present).lstrip("/") in names
+        assert "uptime.log" in names and opened.read("uptime.log")
+        errors = opened.read("errors.log").decode()
+    assert "[NOSUCH]: unknown marker" in errors
+    assert f"{tmp_path / 'missing.log'}: no such file" in errors

@@ -1,0 +1,113 @@
+"""Rendering: every release renders, rendered files are valid for the tools that read them, output is deterministic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sysvm import config
+from sysvm.errors import SysvmError
+from sysvm.render import SIGNATURE_PATH, render, scripts_signature
+
+RELEASES = ["buster", "bullseye", "bookworm", "trixie"]
+ROLE_FILES = ["consoleproxy", "secstorage", "router", "vpcrouter", "default"]
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_every_release_renders_the_overlay(release, workspace):
+    overlay = render(config.load(None, [f"debian.release={release}"]), workspace)
+    tree = overlay.tree
+    for path in ["etc/ssh/sshd_config", "etc/cloudstack-release", "etc/systemd/system/cloud.service",
+                 "etc/systemd/system/cloud-early-config.service", "usr/local/cloud/systemvm/_run.sh",
+                 "usr/local/cloud/systemvm/conf/agent.properties", "usr/local/cloud/systemvm/conf/consoleproxy.properties",
+                 "usr/local/cloud/systemvm/conf/environment.properties", "etc/logrotate.d/cloud",
+                 "opt/cloud/bin/cloud-early-config", "root/health_checks/dns_check.py", "etc/cron.d/process",
+                 SIGNATURE_PATH, *(f"etc/iptables/iptables-{role}" for role in ROLE_FILES)]:
+        assert (tree / path).is_file(), path
+    assert (tree / "etc/cloudstack-release").read_text() == "Cloudstack Release 4.20.0\n"
+    modes = {entry["path"]: entry["mode"] for entry in overlay.entries() if entry["type"] == "file"}
+    assert modes["/usr/local/cloud/systemvm/_run.sh"] == "0755"
+    assert modes["/root/health_checks/dns_check.py"] == "0755"
+    assert modes["/root/health_checks/utility.py"] == "0644"
+
+
+@pytest.mark.skipif(shutil.which("iptables-restore") is None, reason="iptables is installed by .ci/run")
+@pytest.mark.parametrize("role", ROLE_FILES)
+def test_iptables_files_pass_iptables_restore_test(role, workspace, default_config):
+    rules = render(default_config, workspace).tree / f"etc/iptables/iptables-{role}"
+    result = subprocess.run(["iptables-restore", "--test", str(rules)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = rules.read_text()
+    assert ":INPUT DROP" in text
+    assert "--state RELATED,ESTABLISHED -j ACCEPT" in text
+    ssh_rules = [line for line in text.splitlines() if "--dport 3922" in line]
+    assert len(ssh_rules) == 1
+    control = {"consoleproxy": "eth0", "secstorage": "eth0", "router": "eth1", "vpcrouter": "eth0",
+               "default": "eth+"}[role]
+    assert f"-i {control} " in ssh_rules[0]
+
+
+def test_console_proxy_ports_follow_configuration(workspace):
+    plain = render(config.load(None, ["consoleproxy.websocket_port=8088"]), workspace).tree
+    assert "consoleproxy.websocketPort=8088" in (plain / "usr/local/cloud/systemvm/conf/consoleproxy.properties").read_text()
+    assert "--dport 8088 -j ACCEPT" in (plain / "etc/iptables/iptables-consoleproxy").read_text()
+    tls = render(config.load(None, ["consoleproxy.websocket_tls=true"]), workspace).tree
+    properties = (tls / "usr/local/cloud/systemvm/conf/consoleproxy.properties").read_text()
+    assert "consoleproxy.websocketPort=8443" in properties and "consoleproxy.websocketTls=true" in properties
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="openssh-server is installed by .ci/run")
+def test_sshd_config_is_valid_and_key_only(workspace, default_config, tmp_path):
+    sshd_config = render(default_config, workspace).tree / "etc/ssh/sshd_config"
+    host_key = tmp_path / "host_key"
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd -t insists on its privilege separation folder
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+    result = subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(sshd_config), "-h", str(host_key)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    effective = subprocess.run(["/usr/sbin/sshd", "-T", "-f", str(sshd_config), "-h", str(host_key)],
+                               capture_output=True, text=True, check=True).stdout
+    assert "port 3922" in effective
+    assert "passwordauthentication no" in effective
+    assert "permitrootlogin without-password" in effective
+
+
+def test_rendering_twice_gives_identical_manifests(default_config, tmp_path):
+    from sysvm.workspace import Workspace
+
+    first = render(default_config, Workspace(tmp_path / "a"))
+    second = render(default_config, Workspace(tmp_path / "b"), force=True)
+    assert first.manifest.read_bytes() == second.manifest.read_bytes()
+    assert json.loads(first.manifest.read_text())["files"]
+
+
+def test_build_date_from_configuration_or_source_date_epoch(workspace, monkeypatch):
+    dated = render(config.load(None, ["cloudstack.build_date=2025-03-01"]), workspace).tree
+    assert (dated / "etc/cloudstack-release").read_text() == "Cloudstack Release 4.20.0 2025-03-01\n"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    epoch = render(config.load(), workspace).tree
+    assert (epoch / "etc/cloudstack-release").read_text() == "Cloudstack Release 4.20.0 2023-11-14T22:13:20Z\n"
+
+
+def test_signature_covers_the_scripts(workspace, default_config):
+    tree = render(default_config, workspace).tree
+    assert (tree / SIGNATURE_PATH).read_text().strip() == scripts_signature(tree)
+    before = scripts_signature(tree)
+    (tree / "root/health_checks/dns_check.py").write_text("changed")
+    assert scripts_signature(tree) != before
+
+
+def test_undefined_template_variable_is_an_error(workspace, default_config, monkeypatch, tmp_path):
+    from sysvm import render as render_module
+
+    templates = tmp_path / "templates"
+    shutil.copytree(render_module.TEMPLATES, templates)
+    (templates / "common/etc/broken.j2").write_text("{{ no_such_value }}\n")
+    monkeypatch.setattr(render_module, "TEMPLATES", templates)
+    with pytest.raises(SysvmError, match=r"broken.j2: undefined template variable: 'no_such_value'"):
+        render(default_config, workspace)
+    assert not list(workspace.build.glob("render-*/manifest.json"))
