@@ -1,0 +1,259 @@
+"""Seeding against a real MariaDB server and real images made with qemu-img."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from sysvm import seed
+from sysvm.errors import SysvmError
+from sysvm.ovf import write_ova
+from tests.mariadb import mariadb_server, server_binary
+
+pytestmark = pytest.mark.skipif(server_binary() is None, reason="mariadb-server is installed by ./run")
+MIB = 2**20
+ROWS = [(2, "SYSTEM", "XenServer", None), (3, "SYSTEM", "KVM", None), (4, "USER", "KVM", None),
+        (5, "SYSTEM", "VMware", None), (6, "SYSTEM", "Hyperv", None), (8, "SYSTEM", "KVM", "2024-01-01")]
+KEYS = ["filename", "description", "hvm", "size", "{ext}", "id", "public", "{ext}.filename", "uniquename",
+        "{ext}.virtualsize", "virtualsize", "{ext}.size"]
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    with mariadb_server(tmp_path_factory.mktemp("mariadb")) as server:
+        yield server
+
+
+@pytest.fixture
+def db(database):
+    connection = pymysql.connect(host=database["host"], port=database["port"], user=database["user"],
+                                 password=database["password"], database="cloud", autocommit=True)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM vm_template")
+        for id_, kind, hypervisor, removed in ROWS:
+            cursor.execute("INSERT INTO vm_template (id, unique_name, name, type, hypervisor_type, removed) "
+                           "VALUES (%s, %s, %s, %s, %s, %s)", (id_, f"t{id_}", f"t{id_}", kind, hypervisor, removed))
+    yield connection
+    connection.close()
+
+
+def rows(connection) -> dict[int, tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, uuid, url FROM vm_template ORDER BY id")
+        return {row[0]: row[1:] for row in cursor.fetchall()}
+
+
+def db_args(database) -> list[str]:
+    return ["-o", database["host"], "-p", str(database["port"]), "-r", database["user"], "-d", database["password"],
+            "--db-properties", "/nonexistent/db.properties"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """One small artifact per hypervisor, shaped like the build's."""
+    folder = tmp_path_factory.mktemp("images")
+    qcow2 = folder / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
+    vhd = folder / "disk.vhd"
+    subprocess.run(["qemu-img", "convert", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", str(qcow2), str(vhd)],
+                   check=True)
+    vmdk = folder / "disk.vmdk"
+    subprocess.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(qcow2), str(vmdk)],
+                   check=True)
+    made = {"kvm": folder / "t-kvm.qcow2.bz2", "xenserver": folder / "t-xen.vhd.bz2",
+            "vmware": folder / "t-vmware.ova", "hyperv": folder / "t-hyperv.vhd.zip"}
+    made["kvm"].write_bytes(bz2.compress(qcow2.read_bytes()))
+    made["xenserver"].write_bytes(bz2.compress(vhd.read_bytes()))
+    write_ova(made["vmware"], "t-vmware", vmdk, 64 * MIB)
+    with zipfile.ZipFile(made["hyperv"], "w") as archive:
+        archive.write(vhd, "t-hyperv.vhd")
+    made["raw_sizes"] = {"kvm": qcow2.stat().st_size, "xenserver": vhd.stat().st_size,  # type: ignore[assignment]
+                         "hyperv": vhd.stat().st_size, "vmware": made["vmware"].stat().st_size}
+    return made
+
+
+def properties(folder: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split("=", 1)) for line in (folder / "template.properties").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("hypervisor", "ext", "template_id"),
+                         [("kvm", "qcow2", 3), ("xenserver", "vhd", 2), ("vmware", "ova", 5), ("hyperv", "vhd", 6)])
+def test_seed_each_artifact_type_with_id_from_database(tmp_path, database, db, images, hypervisor, ext, template_id):
+    mount = tmp_path / "secondary"
+    mount.mkdir()
+    assert seed.main(["-m", str(mount), "-f", str(images[hypervisor]), "-h", hypervisor, *db_args(database)]) == 0
+    folder = mount / f"template/tmpl/1/{template_id}"
+    values = properties(folder)
+    assert [key for key, _ in values] == [key.format(ext=ext) for key in KEYS]
+    found = dict(values)
+    filename = found["filename"]
+    assert filename.endswith(f".{ext}") and (folder / filename).is_file()
+    assert found["description"] == "SystemVM Template" and found["hvm"] == "false"
+    assert found["id"] == str(template_id) and found["uniquename"] == f"routing-{template_id}"
+    assert found[f"{ext}.filename"] == filename and found[ext] == "true" and found["public"] == "true"
+    assert int(found["size"]) == images["raw_sizes"][hypervisor] == int(found[f"{ext}.size"])
+    assert int(found["virtualsize"]) == 64 * MIB == int(found[f"{ext}.virtualsize"])
+    if ext == "ova":
+        assert (folder / "t-vmware.ovf").is_file() and (folder / "t-vmware-disk1.vmdk").is_file()
+    assert rows(db)[template_id] == (filename.removesuffix(f".{ext}"), "")
+    assert rows(db)[8] == (None, None)  # the removed template is not touched
+    assert not [p for p in (mount / "template/tmpl/1").iterdir() if p.name.startswith(".")]
+
+
+def test_explicit_id_without_database(tmp_path, images):
+    mount = tmp_path / "secondary"
+    mount.mkdir()
+    assert seed.main(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "42",
+                      "--db-properties", str(tmp_path / "none")]) == 0
+    assert dict(properties(mount / "template/tmpl/1/42"))["id"] == "42"
+
+
+def test_url_download_and_checksum_file_beside_it(tmp_path, database, db, images):
+    mount = tmp_path / "secondary"
+    mount.mkdir()
+    published = tmp_path / "published"
+    published.mkdir()
+    artifact = published / images["kvm"].name
+    artifact.write_bytes(images["kvm"].read_bytes())
+    digest = hashlib.sha512(artifact.read_bytes()).hexdigest()
+    (published / "sha512sum.txt").write_text(f"{digest}  {artifact.name}\n")
+    url = artifact.as_uri()
+    assert seed.main(["-m", str(mount), "-u", url, "-h", "kvm", *db_args(database)]) == 0
+    assert rows(db)[3][1] == url
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def seeded(tmp_path, database, db, images) -> Path:
+    mount = tmp_path / "secondary"
+    mount.mkdir()
+    assert seed.main(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", *db_args(database)]) == 0
+    return mount
+
+
+def _fails(argv: list[str], code: int, message: str, capsys) -> None:
+    assert seed.main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def test_existing_template_needs_force_and_force_replaces(seeded, database, db, images, capsys):
+    before, row = snapshot(seeded), rows(db)[3]
+    argv = ["-m", str(seeded), "-f", str(images["kvm"]), "-h", "kvm", *db_args(database)]
+    _fails(argv, 2, "Data already exists at destination", capsys)
+    assert snapshot(seeded) == before and rows(db)[3] == row
+    assert seed.main([*argv, "-F"]) == 0
+    after = snapshot(seeded)
+    assert after != before and len([k for k in after if k.endswith(".qcow2")]) == 1
+    assert rows(db)[3] != row
+
+
+@pytest.mark.parametrize("case", ["bad-checksum", "corrupt-bz2", "missing-file", "no-database", "no-id",
+                                  "usage", "unknown-hypervisor", "encrypted-password"])
+def test_failures_leave_destination_and_database_unchanged(case, seeded, database, db, images, tmp_path, capsys):
+    before, table = snapshot(seeded), rows(db)
+    base = ["-m", str(seeded), "-h", "kvm", "-F", *db_args(database)]
+    if case == "bad-checksum":
+        argv, message = [*base, "-f", str(images["kvm"]), "--checksum", "0" * 128], "sha512 checksum mismatch"
+    elif case == "corrupt-bz2":
+        broken = tmp_path / "broken.qcow2.bz2"
+        data = bytearray(images["kvm"].read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 16] = bytes(16)  # bzip2's block CRC must catch this
+        broken.write_bytes(bytes(data))
+        argv, message = [*base, "-f", str(broken)], "corrupt bzip2 data"
+    elif case == "missing-file":
+        argv, message = [*base, "-f", str(tmp_path / "nope.qcow2.bz2")], "doesn't exist"
+    elif case == "no-database":
+        argv = ["-m", str(seeded), "-h", "kvm", "-F", "-f", str(images["kvm"]), "-o", "127.0.0.1", "-p", "1",
+                "-r", "x", "-d", "y", "--db-properties", "/nonexistent"]
+        message = "cannot reach the cloud database at 127.0.0.1:1"
+    elif case == "no-id":
+        argv, message = [*base[:2], "-h", "lxc", *base[4:], "-f", str(images["kvm"])], "Unable to get template Id"
+    elif case == "usage":
+        argv, message = ["-m", str(seeded)], "-m and -f (or -u) and -h are required"
+    elif case == "unknown-hypervisor":
+        argv, message = [*base[:2], "-h", "bhyve", "-f", str(images["kvm"])], "-h bhyve: unknown hypervisor"
+    else:
+        props = tmp_path / "db.properties"
+        props.write_text(f"db.cloud.host=127.0.0.1\ndb.cloud.port={database['port']}\ndb.cloud.username=cloud\n"
+                         "db.cloud.encryption.type=file\ndb.cloud.password=ENC(abcdef)\n")
+        argv = ["-m", str(seeded), "-h", "kvm", "-F", "-f", str(images["kvm"]), "--db-properties", str(props)]
+        message = "db.cloud.password is encrypted (db.cloud.encryption.type=file)"
+    _fails(argv, 2, message, capsys)
+    assert snapshot(seeded) == before
+    assert rows(db) == table
+
+
+def test_help_exits_0(capsys):
+    assert seed.main(["--help"]) == 0
+    assert "-m MOUNT" in capsys.readouterr().out
+
+
+def test_no_space_exits_4(tmp_path, images, capsys):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", str(mount)], check=True)
+    try:
+        _fails(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "1"], 4,
+               "Insufficient free disk space", capsys)
+        assert list(mount.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_read_only_mount_exits_2(tmp_path, images, capsys):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4G,ro", "tmpfs", str(mount)], check=True)
+    try:
+        _fails(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "1"], 2,
+               "is it mounted read-write?", capsys)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_interrupted_copy_leaves_nothing(seeded, database, db, images, monkeypatch, capsys):
+    before, table = snapshot(seeded), rows(db)
+
+    def interrupted(source, target):
+        target.write_bytes(source.read(1000))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(seed, "_copy_stream", interrupted)
+    _fails(["-m", str(seeded), "-f", str(images["kvm"]), "-h", "kvm", "-F", *db_args(database)], 2,
+           "interrupted", capsys)
+    assert snapshot(seeded) == before and rows(db) == table
+
+
+def test_database_update_failure_restores_the_old_template(seeded, database, db, images, monkeypatch, capsys):
+    before, table = snapshot(seeded), rows(db)
+
+    def refuse(*args):
+        raise SysvmError("cannot update cloud.vm_template id 3: denied")
+
+    monkeypatch.setattr(seed, "update_template_row", refuse)
+    _fails(["-m", str(seeded), "-f", str(images["kvm"]), "-h", "kvm", "-F", *db_args(database)], 2,
+           "cannot update cloud.vm_template", capsys)
+    assert snapshot(seeded) == before and rows(db) == table
+
+
+def test_gzip_is_detected_by_content(tmp_path, images):
+    raw = bz2.decompress(images["kvm"].read_bytes())
+    odd_name = tmp_path / "template.bin"
+    odd_name.write_bytes(gzip.compress(raw))
+    mount = tmp_path / "secondary"
+    mount.mkdir()
+    assert seed.main(["-m", str(mount), "-f", str(odd_name), "-h", "kvm", "-t", "7",
+                      "--db-properties", "/nonexistent"]) == 0
+    assert dict(properties(mount / "template/tmpl/1/7"))["virtualsize"] == str(64 * MIB)
