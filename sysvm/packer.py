@@ -35,7 +35,8 @@ class ProvisionedDisk:
 
 
 def packer_key(config: Config, disk: BaseDisk) -> str:
-    return stage_key("packer", disk.key, config.release.iptables_backend, ROLE_SERVICES, trees=[SCRIPTS])
+    return stage_key("packer", disk.key, config.release.iptables_backend, ROLE_SERVICES, config.disk.size_mib,
+                     config.packer.memory_mib, trees=[SCRIPTS])
 
 
 def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, serial_log: Path,
@@ -53,6 +54,8 @@ def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, s
             "use_backing_file": False,
             "skip_compaction": True,
             "format": "qcow2",
+            # Packer grows a disk image to disk_size (40 GiB unless told): keep the configured size.
+            "disk_size": f"{config.disk.size_mib}M",
             "accelerator": accel,
             "headless": True,
             "output_directory": str(output_dir),

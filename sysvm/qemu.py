@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
+import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sysvm import log
+from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_write
+from sysvm.run import run
 
 # A guest proves KVM works when its kernel prints its banner; a guest that hangs under nested KVM prints nothing.
 PROBE_MESSAGE = b"Linux version"
@@ -63,3 +69,183 @@ def accelerator(setting: str, cache_dir: Path) -> str:
     if setting == "auto":
         return "kvm" if probe_kvm(cache_dir) else "tcg"
     return setting
+
+
+# ------------------------------------------------------------------------------------------ VM harness
+
+
+@dataclass(frozen=True)
+class Nic:
+    network: str  # user-mode network, e.g. 169.254.0.0/16
+    forward_ssh_to: str = ""  # guest address whose port 3922 is forwarded from 127.0.0.1
+
+
+@dataclass
+class VirtualMachine:
+    """One QEMU guest: a throwaway overlay disk, serial console in a file, guest agent on a socket."""
+
+    name: str
+    disk: Path  # the image to boot (any format qemu reads); never written to
+    disk_format: str
+    folder: Path  # where the overlay, sockets and console log live
+    accel: str
+    memory_mib: int
+    nics: list[Nic] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    ssh_port: int = 0
+
+    @property
+    def console_log(self) -> Path:
+        return self.folder / f"{self.name}-serial.log"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.folder / f"{self.name}-qga.sock"
+
+    def command(self) -> list[str]:
+        overlay = self.folder / f"{self.name}-overlay.qcow2"
+        command = ["qemu-system-x86_64", "-name", self.name, "-machine", f"pc,accel={self.accel}",
+                   "-m", str(self.memory_mib), "-smp", "1", "-nodefaults", "-display", "none", "-vga", "std",
+                   "-serial", f"file:{self.console_log}",
+                   "-drive", f"file={overlay},format=qcow2,if=virtio,cache=unsafe",
+                   "-chardev", f"socket,id=qga0,path={self.agent_socket},server=on,wait=off",
+                   "-device", "virtio-serial", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+        if self.accel == "kvm":
+            command += ["-cpu", "host"]
+        for index, nic in enumerate(self.nics):
+            netdev = f"user,id=net{index},net={nic.network},restrict=on"
+            if nic.forward_ssh_to:
+                netdev += f",hostfwd=tcp:127.0.0.1:{self.ssh_port}-{nic.forward_ssh_to}:3922"
+            command += ["-netdev", netdev,
+                        "-device", f"virtio-net-pci,netdev=net{index},mac=52:54:00:12:34:{index + 0x10:02x}"]
+        return command
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        overlay = self.folder / f"{self.name}-overlay.qcow2"
+        overlay.unlink(missing_ok=True)
+        self.agent_socket.unlink(missing_ok=True)
+        self.console_log.unlink(missing_ok=True)
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.disk_format, "-b", self.disk.resolve(), overlay])
+        if any(nic.forward_ssh_to for nic in self.nics):
+            self.ssh_port = free_port()
+        command = self.command()
+        log.say(f"    {self.name}: starting QEMU ({self.accel}); serial console: {self.console_log}")
+        (self.folder / f"{self.name}-qemu.cmd").write_text(" ".join(command) + "\n")
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                        stderr=(self.folder / f"{self.name}-qemu.log").open("wb"))
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def console_tail(self, lines: int = 8) -> str:
+        if not self.console_log.is_file():
+            return "(no console output)"
+        text = self.console_log.read_bytes().decode(errors="replace").replace("\r", "")
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+
+    def console_contains(self, needle: bytes) -> bool:
+        return self.console_log.is_file() and needle in self.console_log.read_bytes()
+
+    def fail(self, message: str) -> SysvmError:
+        return SysvmError(f"{self.name}: {message}; console log {self.console_log}; last lines: {self.console_tail()}")
+
+    def wait_for_console(self, needle: bytes, timeout: float) -> float:
+        started = time.monotonic()
+        while not self.console_contains(needle):
+            if not self.running():
+                raise self.fail(f"QEMU exited before {needle.decode()!r} appeared")
+            if time.monotonic() - started > timeout:
+                raise self.fail(f"no {needle.decode()!r} on the console after {timeout:.0f}s")
+            time.sleep(1)
+        return time.monotonic() - started
+
+    def hand_over_cmdline(self, text: str, timeout: float) -> float:
+        """Write /var/cache/cloud/cmdline through the guest agent, as a current KVM host does."""
+        started = time.monotonic()
+        agent = GuestAgent(self.agent_socket)
+        while True:
+            if not self.running():
+                raise self.fail("QEMU exited before the guest agent answered")
+            if time.monotonic() - started > timeout:
+                raise self.fail(f"the guest agent did not answer within {timeout:.0f}s")
+            if agent.sync():
+                break
+            time.sleep(2)
+        handle = agent.call("guest-file-open", {"path": "/var/cache/cloud/cmdline", "mode": "w"})
+        agent.call("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(text.encode()).decode()})
+        agent.call("guest-file-close", {"handle": handle})
+        return time.monotonic() - started
+
+    def wait_for_ssh(self, timeout: float, after_login_prompt: float = 90.0) -> float:
+        """Wait for sshd's banner; give up early when the console showed a login prompt long ago."""
+        started = time.monotonic()
+        prompt_seen: float | None = None
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=5) as connection:
+                    connection.settimeout(10)
+                    if connection.recv(64).startswith(b"SSH-"):
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            if not self.running():
+                raise self.fail("QEMU exited before sshd answered on 3922")
+            if prompt_seen is None and self.console_contains(b"login:"):
+                prompt_seen = time.monotonic()
+            if prompt_seen is not None and time.monotonic() - prompt_seen > after_login_prompt:
+                raise self.fail(f"the VM reached a login prompt but sshd on port 3922 of the control address "
+                                f"did not answer within {after_login_prompt:.0f}s after it")
+            if time.monotonic() - started > timeout:
+                raise self.fail(f"sshd on port 3922 of the control address did not answer within {timeout:.0f}s")
+            time.sleep(2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        (self.folder / f"{self.name}-overlay.qcow2").unlink(missing_ok=True)
+        self.agent_socket.unlink(missing_ok=True)
+
+
+class GuestAgent:
+    """A minimal client of the QEMU guest agent protocol (JSON lines on a UNIX socket)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _exchange(self, request: dict[str, object], timeout: float = 10.0) -> dict[str, object]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(timeout)
+            connection.connect(str(self.path))
+            connection.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while b"\n" not in data:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        # guest-sync-delimited answers after a 0xFF byte that marks where fresh output starts.
+        line = data.split(b"\xff")[-1].strip().split(b"\n")[0]
+        return json.loads(line) if line else {}
+
+    def sync(self) -> bool:
+        token = int(time.monotonic() * 1000) % 2**31
+        try:
+            reply = self._exchange({"execute": "guest-sync-delimited", "arguments": {"id": token}}, timeout=5)
+        except (OSError, ValueError):
+            return False
+        return reply.get("return") == token
+
+    def call(self, command: str, arguments: dict[str, object]) -> object:
+        reply = self._exchange({"execute": command, "arguments": arguments})
+        if "error" in reply:
+            raise SysvmError(f"guest agent {command} failed: {reply['error']}")
+        return reply.get("return")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

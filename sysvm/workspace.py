@@ -10,7 +10,14 @@ from sysvm.config import ROOT
 
 @dataclass(frozen=True)
 class Workspace:
+    """output/ and its folders. A variant keeps its own artifacts, verify results and logs while it shares
+    the cache and the stage folders (whose names are content keys) with every other build."""
+
     root: Path = ROOT / "output"
+    variant: str = ""
+
+    def _own(self, name: str) -> Path:
+        return self.root / (f"{name}-{self.variant}" if self.variant else name)
 
     @property
     def cache(self) -> Path:
@@ -22,15 +29,15 @@ class Workspace:
 
     @property
     def artifacts(self) -> Path:
-        return self.root / "artifacts"
+        return self._own("artifacts")
 
     @property
     def verify(self) -> Path:
-        return self.root / "verify"
+        return self._own("verify")
 
     @property
     def logs(self) -> Path:
-        return self.root / "logs"
+        return self._own("logs")
 
     def stage_dir(self, stage: str, key: str) -> Path:
         return self.build / f"{stage}-{key}"

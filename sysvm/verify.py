@@ -1,0 +1,309 @@
+"""verify stage: boot artifacts in QEMU the way a hypervisor starts a system VM, then test each role.
+
+KVM artifacts get the full treatment: the role's command line is written into the guest through the
+QEMU guest agent (as current KVM hosts do), the control network is a user-mode 169.254.0.0/16 network
+with port 3922 forwarded from 127.0.0.1, and the testinfra suite for the role runs over SSH with the key
+handed over as the management server's. Other formats get a boot check: they must reach a login prompt.
+Every boot uses its own throwaway overlay disk, so no state passes from one role to the next.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import tarfile
+import time
+import xml.etree.ElementTree as ElementTree
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sysvm import log, tools
+from sysvm.config import ROOT, Config
+from sysvm.errors import SysvmError
+from sysvm.export import artifact_name
+from sysvm.fsutil import atomic_path, atomic_write
+from sysvm.qemu import Nic, VirtualMachine, accelerator
+from sysvm.run import run
+from sysvm.workspace import Workspace
+
+IMAGE_TESTS = ROOT / "tests" / "image"
+CONTROL_NETWORK = "169.254.0.0/16"
+LOGIN_PROMPT = b"login:"
+PARALLEL_VMS = 2
+
+
+@dataclass(frozen=True)
+class RoleBoot:
+    """The networks a hypervisor would give the role, and the command line it would hand over."""
+
+    role: str
+    nics: list[Nic]
+    values: dict[str, str]
+
+    @property
+    def control_ip(self) -> str:
+        return next(nic.forward_ssh_to for nic in self.nics if nic.forward_ssh_to)
+
+    def cmdline(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in self.values.items())
+
+
+def role_boot(role: str, management_key: str) -> RoleBoot:
+    """NIC order and addresses as CloudStack gives them on KVM; see DESIGN.md for the control NIC per role."""
+    key = base64.b64encode(management_key.encode()).decode()
+    guest = ("10.1.1.0/24", "10.1.1.1", "255.255.255.0")
+    private = ("10.0.2.0/24", "10.0.2.15", "255.255.255.0")
+    public = ("192.168.1.0/24", "192.168.1.30", "255.255.255.0")
+    if role in ("consoleproxy", "secstorage"):
+        control = "169.254.3.93" if role == "consoleproxy" else "169.254.1.11"
+        layout = [(CONTROL_NETWORK, control, "255.255.0.0"), private, public]
+        extra = {"host": "10.0.2.2", "port": "8250", "zone": "1", "pod": "1",
+                 "guid": "Proxy.2" if role == "consoleproxy" else "s-1-VM-NfsSecondaryStorageResource",
+                 "name": "v-2-VM" if role == "consoleproxy" else "s-1-VM",
+                 "mgmtcidr": "10.0.2.0/24", "localgw": "10.0.2.2", "internaldns1": "10.0.2.3"}
+        control_index = 0
+    elif role == "vpcrouter":
+        layout = [(CONTROL_NETWORK, "169.254.0.45", "255.255.0.0"), public, guest]
+        extra, control_index = {"name": "r-5-VM"}, 0
+    else:  # router and dhcpsrvr: eth0 guest, eth1 control, eth2 public
+        layout = [guest, (CONTROL_NETWORK, "169.254.0.44", "255.255.0.0"), public]
+        extra, control_index = {"name": "r-4-VM" if role == "router" else "r-6-VM"}, 1
+    values = {"template": "domP", "type": role}
+    values.update({k: v for k, v in extra.items() if k == "name"})
+    nics = []
+    for index, (network, address, mask) in enumerate(layout):
+        values[f"eth{index}ip"], values[f"eth{index}mask"] = address, mask
+        nics.append(Nic(network, address if index == control_index else ""))
+    values.update({k: v for k, v in extra.items() if k != "name"})
+    values.update({"gateway": "192.168.1.2", "dns1": "192.168.1.3", "domain": "cloud.test", "authorized_key": key})
+    return RoleBoot(role, nics, values)
+
+
+@dataclass
+class Outcome:
+    name: str
+    artifact: str
+    role: str
+    passed: bool = False
+    message: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    tests: dict[str, int] = field(default_factory=dict)
+    console_log: str = ""
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def unpack_artifact(artifact: Path, folder: Path) -> tuple[Path, str]:
+    """The disk inside an artifact, in the format it ships in, unpacked once into folder."""
+    name = artifact.name
+    stamp = f"{artifact.stat().st_size}-{int(artifact.stat().st_mtime)}"
+    if name.endswith(".qcow2.bz2") or name.endswith(".vhd.bz2") or name.endswith(".raw.bz2"):
+        inner = name.removesuffix(".bz2")
+        fmt = {"qcow2": "qcow2", "vhd": "vpc", "raw": "raw"}[inner.rsplit(".", 1)[1]]
+    elif name.endswith(".ova"):
+        inner, fmt = name.removesuffix(".ova") + ".vmdk", "vmdk"
+    elif name.endswith(".vhd.zip"):
+        inner, fmt = name.removesuffix(".zip"), "vpc"
+    elif name.endswith((".qcow2", ".vhd", ".vmdk", ".raw")):
+        return artifact, {"qcow2": "qcow2", "vhd": "vpc", "vmdk": "vmdk", "raw": "raw"}[name.rsplit(".", 1)[1]]
+    else:
+        raise SysvmError(f"{artifact}: unknown artifact type (expected .qcow2.bz2, .vhd.bz2, .ova, .vhd.zip)")
+    target = folder / f"{stamp}-{inner}"
+    if target.is_file():
+        return target, fmt
+    for old in folder.glob(f"*-{inner}"):
+        old.unlink()
+    with atomic_path(target) as temporary:
+        if name.endswith(".bz2"):
+            run(["lbzip2", "-d", "-c", artifact], stdout_path=temporary)
+        elif name.endswith(".ova"):
+            with tarfile.open(artifact) as archive:
+                member = next((m for m in archive.getmembers() if m.name.endswith(".vmdk")), None)
+                if member is None:
+                    raise SysvmError(f"{artifact}: no .vmdk in the OVA")
+                with archive.extractfile(member) as stream, temporary.open("wb") as out:  # type: ignore[union-attr]
+                    while block := stream.read(1 << 20):
+                        out.write(block)
+        else:
+            with zipfile.ZipFile(artifact) as archive, archive.open(archive.namelist()[0]) as stream, \
+                    temporary.open("wb") as out:
+                while block := stream.read(1 << 20):
+                    out.write(block)
+    return target, fmt
+
+
+# ------------------------------------------------------------------------------------------------- boots
+
+
+def management_key(folder: Path) -> tuple[Path, str]:
+    """A key pair standing in for the management server's (made once per workspace)."""
+    private = folder / "id_ed25519"
+    if not private.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "management-server@sysvm-verify", "-f", private])
+    return private, (folder / "id_ed25519.pub").read_text().strip()
+
+
+def ssh_config(folder: Path, name: str, port: int, key: Path) -> Path:
+    path = folder / f"{name}-ssh_config"
+    path.write_text(f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n"
+                    "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+                    "  LogLevel ERROR\n  ConnectTimeout 30\n")
+    return path
+
+
+def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str, accel: str,
+                workspace: Workspace) -> Outcome:
+    folder = workspace.verify
+    key_file, public_key = management_key(folder / "keys")
+    boot = role_boot(role, public_key)
+    name = f"{role}-kvm"
+    outcome = Outcome(name, artifact.name, role)
+    vm = VirtualMachine(name, disk, fmt, folder / "vms", accel, config.verify.memory_mib, boot.nics)
+    outcome.console_log = str(vm.console_log)
+    timeout = config.verify.boot_timeout_s
+    try:
+        started = time.monotonic()
+        vm.start()
+        outcome.timings["agent_s"] = round(vm.hand_over_cmdline(boot.cmdline(), timeout), 1)
+        outcome.timings["ssh_s"] = round(vm.wait_for_ssh(max(1.0, timeout - (time.monotonic() - started))), 1)
+        expectations = {"role": role, "values": boot.values, "control_ip": boot.control_ip,
+                        "version": config.cloudstack.version, "management_key": public_key,
+                        "java_package": config.release.java_package}
+        expect_file = folder / f"{name}-expect.json"
+        expect_file.write_text(json.dumps(expectations, indent=2))
+        junit = folder / f"junit-{name}.xml"
+        tests_started = time.monotonic()
+        result = run([sys.executable, "-m", "pytest", str(IMAGE_TESTS), "-p", "no:cacheprovider", "-q",
+                      f"--hosts=ssh://{name}", f"--ssh-config={ssh_config(folder, name, vm.ssh_port, key_file)}",
+                      f"--junitxml={junit}", "-o", f"junit_suite_name={name}"],
+                     check=False, cwd=ROOT, stdout_path=folder / f"{name}-tests.log",
+                     env={"SYSVM_IMAGE_TESTS": "1", "SYSVM_EXPECT": str(expect_file)})
+        outcome.timings["tests_s"] = round(time.monotonic() - tests_started, 1)
+        outcome.timings["total_s"] = round(time.monotonic() - started, 1)
+        outcome.tests = _count(junit)
+        outcome.passed = result.returncode == 0
+        outcome.message = ("all tests passed" if outcome.passed else
+                           f"{outcome.tests.get('failed', 0)} tests failed (see {folder / (name + '-tests.log')})")
+    except SysvmError as error:
+        outcome.message = str(error)
+    finally:
+        vm.stop()
+    return outcome
+
+
+def verify_boot_only(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, accel: str,
+                     workspace: Workspace) -> Outcome:
+    name = f"boot-{hypervisor}"
+    outcome = Outcome(name, artifact.name, "boot")
+    vm = VirtualMachine(name, disk, fmt, workspace.verify / "vms", accel, config.verify.memory_mib,
+                        [Nic(CONTROL_NETWORK)])
+    outcome.console_log = str(vm.console_log)
+    try:
+        started = time.monotonic()
+        vm.start()
+        outcome.timings["login_prompt_s"] = round(vm.wait_for_console(LOGIN_PROMPT, config.verify.boot_timeout_s), 1)
+        outcome.timings["total_s"] = round(time.monotonic() - started, 1)
+        outcome.passed, outcome.message = True, "reached a login prompt"
+    except SysvmError as error:
+        outcome.message = str(error)
+    finally:
+        vm.stop()
+    return outcome
+
+
+def _count(junit: Path) -> dict[str, int]:
+    if not junit.is_file():
+        return {}
+    totals = {"tests": 0, "failed": 0, "skipped": 0}
+    for suite in ElementTree.parse(junit).getroot().iter("testsuite"):
+        totals["tests"] += int(suite.get("tests", 0))
+        totals["failed"] += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        totals["skipped"] += int(suite.get("skipped", 0))
+    return totals
+
+
+def write_junit(outcomes: list[Outcome], folder: Path) -> Path:
+    """One JUnit file: a boot suite of our own, then every role's testinfra suite."""
+    root = ElementTree.Element("testsuites")
+    boot = ElementTree.SubElement(root, "testsuite", name="sysvm-boot", tests=str(len(outcomes)),
+                                  failures=str(sum(not o.passed and not o.tests for o in outcomes)))
+    for outcome in outcomes:
+        case = ElementTree.SubElement(boot, "testcase", classname=outcome.artifact, name=outcome.name,
+                                      time=str(outcome.timings.get("total_s", 0)))
+        if not outcome.passed and not outcome.tests:
+            ElementTree.SubElement(case, "failure", message=outcome.message).text = outcome.console_log
+        junit = folder / f"junit-{outcome.name}.xml"
+        if junit.is_file():
+            root.extend(ElementTree.parse(junit).getroot().iter("testsuite"))
+    path = folder / "junit.xml"
+    atomic_write(path, ElementTree.tostring(root, encoding="unicode"))
+    return path
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    rows = [("check", "artifact", "result", "seconds", "tests", "detail")]
+    for o in outcomes:
+        tests = f"{o.tests.get('tests', 0) - o.tests.get('failed', 0)}/{o.tests.get('tests', 0)}" if o.tests else "-"
+        rows.append((o.name, o.artifact, "PASS" if o.passed else "FAIL", str(o.timings.get("total_s", "-")),
+                     tests, o.message[:160]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
+                     for row in rows)
+
+
+def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list[str] | None = None,
+           hypervisor: str = "") -> list[Outcome]:
+    tools.require(["verify"])
+    roles = list(roles or config.verify.roles)
+    for role in roles:
+        if role not in config.roles:
+            raise SysvmError(f"--role {role}: not a role of this configuration ({', '.join(config.roles)})")
+    if hypervisor and hypervisor not in config.export.hypervisors:
+        raise SysvmError(f"--hypervisor {hypervisor}: expected one of {', '.join(config.export.hypervisors)}")
+    workspace.verify.mkdir(parents=True, exist_ok=True)
+    with log.stage("verify", workspace.logs):
+        accel = accelerator(config.verify.accelerator, workspace.cache)
+        images = workspace.verify / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        jobs = []
+        if artifact:
+            path = Path(artifact)
+            if not path.is_file():
+                raise SysvmError(f"--artifact {artifact}: no such file")
+            disk, fmt = unpack_artifact(path, images)
+            if hypervisor in ("", "kvm"):
+                jobs += [(verify_role, (config, disk, fmt, path, role, accel, workspace)) for role in roles]
+            else:
+                jobs.append((verify_boot_only, (config, disk, fmt, path, hypervisor, accel, workspace)))
+        else:
+            targets = [hypervisor] if hypervisor else list(config.export.hypervisors)
+            for target in targets:
+                path = workspace.artifacts / artifact_name(config, target)
+                if not path.is_file():
+                    raise SysvmError(f"{path}: artifact not built yet (run invoke build first)")
+                disk, fmt = unpack_artifact(path, images)
+                if target == "kvm":
+                    jobs += [(verify_role, (config, disk, fmt, path, role, accel, workspace)) for role in roles]
+                else:
+                    jobs.append((verify_boot_only, (config, disk, fmt, path, target, accel, workspace)))
+        log.say(f"    {len(jobs)} boots, {PARALLEL_VMS} at a time ({accel})")
+        started = time.monotonic()
+        with log.waiting("the verification boots"), ThreadPoolExecutor(max_workers=PARALLEL_VMS) as pool:
+            outcomes = list(pool.map(lambda job: job[0](*job[1]), jobs))
+        junit = write_junit(outcomes, workspace.verify)
+        table = summary_table(outcomes)
+        summary = {"accelerator": accel, "duration_s": round(time.monotonic() - started, 1),
+                   "outcomes": [o.__dict__ for o in outcomes]}
+        atomic_write(workspace.verify / "summary.json", json.dumps(summary, indent=2))
+        log.say(table)
+        log.say(f"    JUnit XML: {junit}")
+        failed = [o for o in outcomes if not o.passed]
+        if failed:
+            raise SysvmError(f"verify failed for {', '.join(o.name for o in failed)}: {failed[0].message}")
+    return outcomes
+

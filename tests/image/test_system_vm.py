@@ -1,0 +1,125 @@
+"""What an operator relies on in a booted system VM of any role (run by `invoke verify` through testinfra)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+
+# From CloudStack's own system VM setup (see DESIGN.md): which NIC carries SSH, and which services run.
+CONTROL_NIC = {"consoleproxy": "eth0", "secstorage": "eth0", "router": "eth1", "vpcrouter": "eth0",
+               "dhcpsrvr": "eth1"}
+ROLE_SERVICES = {"consoleproxy": set(), "secstorage": {"apache2"}, "router": {"dnsmasq", "haproxy", "apache2"},
+                 "vpcrouter": {"dnsmasq", "haproxy", "apache2"}, "dhcpsrvr": {"dnsmasq", "apache2"}}
+MANAGED = {"apache2", "dnsmasq", "haproxy", "keepalived", "conntrackd", "cloud"}
+ROLE_PORTS = {"consoleproxy": [("eth2", "tcp", 80), ("eth2", "tcp", 443), ("eth2", "tcp", 8080)],
+              "secstorage": [("eth2", "tcp", 80), ("eth2", "tcp", 443)],
+              "router": [("eth0", "udp", 53), ("eth0", "udp", 67), ("eth0", "tcp", 80), ("eth0", "tcp", 8080)]}
+PACKAGES = ["openssh-server", "iptables", "ipset", "qemu-guest-agent", "open-vm-tools", "hyperv-daemons",
+            "python3", "dnsmasq", "haproxy", "apache2", "keepalived", "conntrackd", "strongswan", "nfs-common",
+            "sysstat", "virt-what", "xenstore-utils", "iptables-persistent"]
+
+
+def test_sshd_listens_on_3922_of_the_control_address_only(booted, expect):
+    listening = booted.run("ss -Htln").stdout.split("\n")
+    ssh = [line.split()[3] for line in listening if line.strip() and line.split()[3].endswith(":3922")]
+    assert ssh == [f"{expect['control_ip']}:3922"]
+    assert not [line for line in listening if line.strip() and line.split()[3].endswith(":22")]
+
+
+def test_no_password_login_and_root_has_no_password(booted):
+    effective = booted.run("sshd -T").stdout
+    assert "passwordauthentication no" in effective
+    assert "kbdinteractiveauthentication no" in effective
+    assert "permitrootlogin without-password" in effective
+    root_hash = booted.run("getent shadow root").stdout.split(":")[1]
+    assert root_hash in ("*", "!", "!*") or root_hash.startswith("!")
+
+
+def test_only_the_management_key_is_authorized_and_no_build_key_is_left(booted, expect):
+    keys = booted.file("/root/.ssh/authorized_keys")
+    assert keys.mode == 0o600
+    assert keys.content_string.strip() == expect["management_key"]
+    assert "sysvm-build" not in keys.content_string
+    assert not booted.file("/etc/systemd/system/sysvm-build-key.service").exists
+    assert booted.run("ls /etc/ssh/ssh_host_ed25519_key").rc == 0  # host keys made on this VM's first boot
+
+
+def test_command_line_cached_0600_and_parsed(booted, expect):
+    cache = booted.file("/var/cache/cloud/cmdline")
+    assert cache.exists and cache.mode == 0o600
+    assert f"type={expect['role']}" in cache.content_string
+    assert booted.file("/var/cache/cloud/cmd_line.json").contains(f'"type": "{expect["role"]}"')
+
+
+def test_hostname_and_addresses_from_the_command_line(booted, expect):
+    values = expect["values"]
+    assert booted.run("hostname").stdout.strip() == values["name"]
+    for key, address in values.items():
+        match = re.fullmatch(r"eth(\d+)ip", key)
+        if not match:
+            continue
+        prefix = ipaddress.IPv4Network(f"0.0.0.0/{values[f'eth{match.group(1)}mask']}").prefixlen
+        shown = booted.run(f"ip -4 -o addr show dev eth{match.group(1)}").stdout
+        assert f"inet {address}/{prefix}" in shown, shown
+
+
+def test_default_route_via_the_gateway(booted, expect):
+    assert f"default via {expect['values']['gateway']}" in booted.run("ip route show default").stdout
+
+
+def test_firewall_is_the_role_s_default_deny_with_ssh_on_the_control_nic(booted, expect):
+    rules = booted.run("iptables -S INPUT").stdout
+    assert "-P INPUT DROP" in rules
+    assert "-m state --state RELATED,ESTABLISHED -j ACCEPT" in rules
+    nic = CONTROL_NIC[expect["role"]]
+    assert re.search(rf"-A INPUT -i {nic} -p tcp .*--dport 3922 -j ACCEPT", rules)
+    assert len(re.findall(r"--dport 3922", rules)) == 1
+    for interface, protocol, port in ROLE_PORTS.get(expect["role"], []):
+        assert re.search(rf"-A INPUT -i {interface} -p {protocol} .*--dport {port} -j ACCEPT", rules), (port, rules)
+
+
+def test_release_file_matches_the_build(booted, expect):
+    assert booted.file("/etc/cloudstack-release").content_string.startswith(f"Cloudstack Release {expect['version']}")
+    assert re.fullmatch(r"[0-9a-f]{32}\n", booted.file("/var/cache/cloud/cloud-scripts-signature").content_string)
+
+
+def test_agent_properties_filled_for_agent_roles(booted, expect):
+    if expect["role"] not in ("consoleproxy", "secstorage"):
+        pytest.skip("no CloudStack agent in this role")
+    properties = dict(line.split("=", 1) for line in booted.file(
+        "/usr/local/cloud/systemvm/conf/agent.properties").content_string.splitlines()
+        if "=" in line and not line.startswith("#"))
+    for key in ("host", "port", "zone", "pod", "guid", "name"):
+        assert properties[key] == expect["values"][key], key
+    assert properties["resource"].endswith("ConsoleProxyResource" if expect["role"] == "consoleproxy"
+                                           else "NfsSecondaryStorageResource")
+
+
+def test_role_services_run_and_the_others_do_not(booted, expect):
+    wanted = ROLE_SERVICES[expect["role"]]
+    for service in sorted(MANAGED):
+        unit = booted.service(service)
+        if service in wanted:
+            assert unit.is_running and unit.is_enabled, service
+        else:
+            assert not unit.is_running, service
+    assert booted.service("ssh").is_running
+    assert booted.service("cloud-early-config").is_enabled
+
+
+def test_no_unit_failed(booted):
+    failed = booted.run("systemctl list-units --state=failed --no-legend --plain").stdout.strip()
+    assert failed == ""
+
+
+def test_required_packages_installed(booted, expect):
+    for name in [*PACKAGES, expect["java_package"]]:
+        assert booted.package(name).is_installed, name
+
+
+def test_role_setup_logged_to_cloud_log(booted, expect):
+    log = booted.file("/var/log/cloud.log").content_string
+    assert "command line received from QEMU guest agent" in log
+    assert f"role {expect['role']} is configured" in log
