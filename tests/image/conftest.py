@@ -15,7 +15,7 @@ def expect() -> dict:
         return json.load(handle)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def booted(host):
     """The host once systemd has finished starting units (the role setup starts some with --no-block)."""
     deadline = time.monotonic() + 300

@@ -1,0 +1,118 @@
+"""invoke bench: the speed and size targets, measured (results in output/bench.json).
+
+Runs a cold build (empty build folders and download cache), a rebuild with nothing changed, a rebuild
+after an overlay-only change, and verification of the configured roles on the KVM artifact. While the
+builds run, a sampler sums the resident memory of this process and its descendants, QEMU left out
+(the guest's memory is not the builder's), and keeps the peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from sysvm import log
+from sysvm.build import build
+from sysvm.config import Config
+from sysvm.fsutil import atomic_write, remove_tree
+from sysvm.verify import verify
+from sysvm.workspace import Workspace
+
+TARGETS = {"cold_build_s": 480, "overlay_only_rebuild_s": 90, "no_change_rebuild_s": 5,
+           "verify_three_roles_s": 240, "peak_rss_mib": 2048}
+
+
+def _children() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return parents
+
+
+def tree_rss_kib(root: int) -> int:
+    """Resident memory of a process tree in KiB, without QEMU guests."""
+    parents = _children()
+    members, frontier = {root}, [root]
+    while frontier:
+        current = frontier.pop()
+        for pid, parent in parents.items():
+            if parent == current and pid not in members:
+                members.add(pid)
+                frontier.append(pid)
+    total = 0
+    for pid in members:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        name = status.split("\n", 1)[0].split(":", 1)[1].strip()
+        if name.startswith("qemu-system"):
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+class PeakMemory:
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.peak_kib = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_kib = max(self.peak_kib, tree_rss_kib(os.getpid()))
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _timed(action: object) -> float:
+    started = time.monotonic()
+    action()  # type: ignore[operator]
+    return round(time.monotonic() - started, 1)
+
+
+def bench(config: Config, workspace: Workspace) -> dict[str, object]:
+    results: dict[str, object] = {}
+    log.say("bench: cold build (empty build folders and download cache)")
+    for folder in (workspace.build, workspace.cache, workspace.artifacts):
+        remove_tree(folder)
+    with PeakMemory() as memory:
+        results["cold_build_s"] = _timed(lambda: build(config, workspace))
+        log.say("bench: rebuild with nothing changed")
+        results["no_change_rebuild_s"] = _timed(lambda: build(config, workspace))
+        layer = workspace.root / "bench-overlay"
+        remove_tree(layer)
+        (layer / "etc").mkdir(parents=True)
+        (layer / "etc/sysvm-bench").write_text(f"{uuid.uuid4()}\n")
+        changed = replace(config, overlay_layers=[*config.overlay_layers, str(layer)])
+        log.say("bench: rebuild after an overlay-only change")
+        results["overlay_only_rebuild_s"] = _timed(lambda: build(changed, workspace))
+    results["peak_rss_mib"] = round(memory.peak_kib / 1024, 1)
+    log.say("bench: verify the roles on the KVM artifact")
+    results["verify_three_roles_s"] = _timed(lambda: verify(changed, workspace, hypervisor="kvm"))
+    report = json.loads((workspace.artifacts / "build-report.json").read_text())
+    results["artifact_sizes"] = {name: info["size"] for name, info in report["artifacts"].items()}
+    results["stage_durations_s"] = report["durations_s"]
+    results["targets"] = TARGETS
+    results["met"] = {key: results[key] <= limit for key, limit in TARGETS.items()}  # type: ignore[operator]
+    atomic_write(workspace.root / "bench.json", json.dumps(results, indent=2) + "\n")
+    log.say(json.dumps(results, indent=2))
+    return results

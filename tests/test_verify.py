@@ -1,0 +1,60 @@
+"""The verify harness's pieces that need no VM: command lines per role, unpacking, reports."""
+
+from __future__ import annotations
+
+import bz2
+import subprocess
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+from cloud_setup.cmdline import parse
+from cloud_setup.roles import control_nic
+
+from sysvm.ovf import write_ova
+from sysvm.verify import Outcome, role_boot, summary_table, unpack_artifact, write_junit
+
+EXPECTED_CONTROL = {"consoleproxy": 0, "secstorage": 0, "router": 1, "vpcrouter": 0, "dhcpsrvr": 1}
+
+
+@pytest.mark.parametrize("role", sorted(EXPECTED_CONTROL))
+def test_each_role_gets_its_control_nic_forwarded_and_a_valid_line(role):
+    boot = role_boot(role, "ssh-ed25519 AAAA test")
+    line = parse(boot.cmdline())
+    assert line.errors == [] and line.role == role
+    index = EXPECTED_CONTROL[role]
+    assert control_nic(line, "kvm") == index
+    assert boot.nics[index].forward_ssh_to == line.interfaces[index].address == boot.control_ip
+    assert boot.nics[index].network == "169.254.0.0/16"
+    assert [nic for nic in boot.nics if nic.forward_ssh_to] == [boot.nics[index]]
+
+
+def test_unpack_every_shipped_format(tmp_path):
+    qcow2 = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "16M"], check=True)
+    vmdk = tmp_path / "disk.vmdk"
+    subprocess.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(qcow2), str(vmdk)],
+                   check=True)
+    kvm = tmp_path / "t-kvm.qcow2.bz2"
+    kvm.write_bytes(bz2.compress(qcow2.read_bytes()))
+    ova = tmp_path / "t-vmware.ova"
+    write_ova(ova, "t-vmware", vmdk, 16 * 2**20)
+    images = tmp_path / "images"
+    images.mkdir()
+    disk, fmt = unpack_artifact(kvm, images)
+    assert fmt == "qcow2" and disk.read_bytes() == qcow2.read_bytes()
+    assert unpack_artifact(kvm, images) == (disk, fmt)  # unpacked once
+    disk, fmt = unpack_artifact(ova, images)
+    assert fmt == "vmdk" and disk.read_bytes() == vmdk.read_bytes()
+
+
+def test_junit_and_summary_report_failures_with_the_console_log(tmp_path):
+    outcomes = [Outcome("router-kvm", "a.qcow2.bz2", "router", True, "all tests passed", {"total_s": 80.0}),
+                Outcome("boot-xen", "a.vhd.bz2", "boot", False, "no 'login:' on the console", {},
+                        console_log="/x/boot-xen-serial.log")]
+    root = ElementTree.parse(write_junit(outcomes, tmp_path)).getroot()
+    suite = root.find("testsuite")
+    assert suite.get("failures") == "1"
+    failure = suite.find("testcase[@name='boot-xen']/failure")
+    assert failure.get("message") == "no 'login:' on the console" and failure.text == "/x/boot-xen-serial.log"
+    table = summary_table(outcomes)
+    assert "router-kvm" in table and "PASS" in table and "FAIL" in table
