@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from sysvm import log, tools
 from sysvm.config import Config
 from sysvm.disk import build_disk
 from sysvm.export import Artifacts, export
+from sysvm.fsutil import remove_tree
 from sysvm.packer import provision
 from sysvm.render import render
 from sysvm.rootfs import build_rootfs
@@ -33,6 +35,7 @@ def render_only(config: Config, workspace: Workspace, force: bool = False) -> Pa
 
 def build(config: Config, workspace: Workspace, force: bool = False) -> BuildResult:
     tools.require(["rootfs", "disk", "packer", "export"])
+    remove_tree(workspace.build / "tmp")  # scratch space of an earlier build that was killed
     durations: dict[str, float] = {}
 
     def timed(name: str, step: Callable[[], T]) -> T:
@@ -47,4 +50,7 @@ def build(config: Config, workspace: Workspace, force: bool = False) -> BuildRes
     disk = timed("disk", lambda: build_disk(config, rootfs, overlay, workspace, force))
     provisioned = timed("packer", lambda: provision(config, disk, workspace, force))
     artifacts = timed("export", lambda: export(config, provisioned, rootfs, workspace, durations, force))
+    for stage, folder in (("disk", disk.image.parent), ("packer", provisioned.image.parent)):
+        os.utime(folder)  # mark as recently used, then drop the older ones
+        workspace.prune(stage)
     return BuildResult(artifacts, durations)

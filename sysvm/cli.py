@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,8 +19,17 @@ def load_config(config_file: str | None, overrides: Sequence[str]) -> Config:
     return config_module.load(Path(config_file) if config_file else None, list(overrides))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def guarded(action: Callable[[], T]) -> T:
-    """Run an action; a SysvmError ends the program with its one-line message and exit code."""
+    """Run an action; a SysvmError ends the program with its one-line message and exit code.
+
+    SIGTERM is turned into the same interruption as Ctrl-C, so that cleanup (temporary files, VMs)
+    runs for both.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return action()
     except SysvmError as error:

@@ -42,6 +42,14 @@ class Workspace:
     def stage_dir(self, stage: str, key: str) -> Path:
         return self.build / f"{stage}-{key}"
 
+    def prune(self, stage: str, keep: int = 2) -> None:
+        """Remove all but the `keep` most recently used folders of a stage (disk images are large)."""
+        from sysvm.fsutil import remove_tree
+
+        folders = sorted(self.build.glob(f"{stage}-*"), key=lambda path: path.stat().st_mtime, reverse=True)
+        for folder in folders[keep:]:
+            remove_tree(folder)
+
 
 def clean(workspace: Workspace, everything: bool = False) -> None:
     from sysvm.fsutil import remove_tree
