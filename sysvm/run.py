@@ -53,9 +53,11 @@ def run(
             stdout = out_handle or logfile
             stderr = logfile
         try:
-            result = subprocess.run(
-                argv, input=input, stdout=stdout, stderr=stderr, env=full_env, cwd=cwd, timeout=timeout, check=False
-            )
+            # Without input, stdin is empty rather than inherited: some tools (mmdebstrap) read it when it
+            # is not a terminal, and CI has no terminal.
+            stdin = None if input is not None else subprocess.DEVNULL
+            result = subprocess.run(argv, input=input, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
+                                    cwd=cwd, timeout=timeout, check=False)
         except FileNotFoundError as error:
             raise SysvmError(f"{argv[0]}: program not found") from error
         except subprocess.TimeoutExpired as error:

@@ -16,6 +16,7 @@ import tarfile
 import time
 import xml.etree.ElementTree as ElementTree
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,54 +157,13 @@ def ssh_config(folder: Path, name: str, port: int, key: Path) -> Path:
     return path
 
 
-def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str, accel: str,
-                workspace: Workspace) -> Outcome:
-    folder = workspace.verify
-    key_file, public_key = management_key(folder / "keys")
+def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: str, role: str, accel: str,
+                    workspace: Workspace, check: Callable[[VirtualMachine, RoleBoot, Path, Outcome], None]) -> Outcome:
+    """Boot a throwaway copy of the disk, hand over the role's command line through the guest agent, wait
+    for sshd on the control address, then run `check`. Any failure ends up in the outcome's message."""
+    key_file, public_key = management_key(workspace.verify / "keys")
     boot = role_boot(role, public_key)
-    name = f"{role}-kvm"
     outcome = Outcome(name, artifact.name, role)
-    vm = VirtualMachine(name, disk, fmt, folder / "vms", accel, config.verify.memory_mib, boot.nics)
-    outcome.console_log = str(vm.console_log)
-    timeout = config.verify.boot_timeout_s
-    try:
-        started = time.monotonic()
-        vm.start()
-        outcome.timings["agent_s"] = round(vm.hand_over_cmdline(boot.cmdline(), timeout), 1)
-        outcome.timings["ssh_s"] = round(vm.wait_for_ssh(max(1.0, timeout - (time.monotonic() - started))), 1)
-        expectations = {"role": role, "values": boot.values, "control_ip": boot.control_ip,
-                        "version": config.cloudstack.version, "management_key": public_key,
-                        "java_package": config.release.java_package}
-        expect_file = folder / f"{name}-expect.json"
-        expect_file.write_text(json.dumps(expectations, indent=2))
-        junit = folder / f"junit-{name}.xml"
-        tests_started = time.monotonic()
-        result = run([sys.executable, "-m", "pytest", str(IMAGE_TESTS), "-p", "no:cacheprovider", "-q",
-                      f"--hosts=ssh://{name}", f"--ssh-config={ssh_config(folder, name, vm.ssh_port, key_file)}",
-                      f"--junitxml={junit}", "-o", f"junit_suite_name={name}"],
-                     check=False, cwd=ROOT, stdout_path=folder / f"{name}-tests.log",
-                     env={"SYSVM_IMAGE_TESTS": "1", "SYSVM_EXPECT": str(expect_file)})
-        outcome.timings["tests_s"] = round(time.monotonic() - tests_started, 1)
-        outcome.timings["total_s"] = round(time.monotonic() - started, 1)
-        outcome.tests = _count(junit)
-        outcome.passed = result.returncode == 0
-        outcome.message = ("all tests passed" if outcome.passed else
-                           f"{outcome.tests.get('failed', 0)} tests failed (see {folder / (name + '-tests.log')})")
-    except SysvmError as error:
-        outcome.message = str(error)
-    finally:
-        vm.stop()
-    return outcome
-
-
-def verify_boot_only(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, accel: str,
-                     workspace: Workspace) -> Outcome:
-    """A non-KVM format under QEMU: it must boot to a login prompt and take a role (console proxy) far
-    enough to answer SSH on its control address. The role tests themselves run on the KVM artifact."""
-    name = f"boot-{hypervisor}"
-    outcome = Outcome(name, artifact.name, "boot")
-    _, public_key = management_key(workspace.verify / "keys")
-    boot = role_boot("consoleproxy", public_key)
     vm = VirtualMachine(name, disk, fmt, workspace.verify / "vms", accel, config.verify.memory_mib, boot.nics)
     outcome.console_log = str(vm.console_log)
     timeout = config.verify.boot_timeout_s
@@ -211,15 +171,55 @@ def verify_boot_only(config: Config, disk: Path, fmt: str, artifact: Path, hyper
         started = time.monotonic()
         vm.start()
         outcome.timings["agent_s"] = round(vm.hand_over_cmdline(boot.cmdline(), timeout), 1)
-        outcome.timings["ssh_s"] = round(vm.wait_for_ssh(timeout), 1)
-        vm.wait_for_console(LOGIN_PROMPT, timeout)
+        outcome.timings["ssh_s"] = round(vm.wait_for_ssh(max(1.0, timeout - (time.monotonic() - started))), 1)
+        check(vm, boot, key_file, outcome)
         outcome.timings["total_s"] = round(time.monotonic() - started, 1)
-        outcome.passed, outcome.message = True, "booted to a login prompt; sshd answered on the control address"
     except SysvmError as error:
-        outcome.message = str(error)
+        outcome.passed, outcome.message = False, str(error)
     finally:
         vm.stop()
     return outcome
+
+
+def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str, accel: str,
+                workspace: Workspace) -> Outcome:
+    """The role's testinfra suite over SSH, with what the VM was told at boot as expectations."""
+    folder = workspace.verify
+
+    def run_suite(vm: VirtualMachine, boot: RoleBoot, key_file: Path, outcome: Outcome) -> None:
+        expectations = {"role": role, "values": boot.values, "control_ip": boot.control_ip,
+                        "version": config.cloudstack.version,
+                        "management_key": (key_file.parent / f"{key_file.name}.pub").read_text().strip(),
+                        "java_package": config.release.java_package}
+        expect_file = folder / f"{vm.name}-expect.json"
+        expect_file.write_text(json.dumps(expectations, indent=2))
+        junit, report = folder / f"junit-{vm.name}.xml", folder / f"{vm.name}-tests.log"
+        started = time.monotonic()
+        result = run([sys.executable, "-m", "pytest", str(IMAGE_TESTS), "-p", "no:cacheprovider", "-q",
+                      f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_config(folder, vm.name, vm.ssh_port, key_file)}",
+                      f"--junitxml={junit}", "-o", f"junit_suite_name={vm.name}"],
+                     check=False, cwd=ROOT, stdout_path=report,
+                     env={"SYSVM_IMAGE_TESTS": "1", "SYSVM_EXPECT": str(expect_file)})
+        outcome.timings["tests_s"] = round(time.monotonic() - started, 1)
+        outcome.tests = _count(junit)
+        outcome.passed = result.returncode == 0
+        outcome.message = ("all tests passed" if outcome.passed else
+                           f"{outcome.tests.get('failed', 0)} tests failed (see {report})")
+
+    return _boot_into_role(config, disk, fmt, artifact, f"{role}-kvm", role, accel, workspace, run_suite)
+
+
+def verify_boot_only(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, accel: str,
+                     workspace: Workspace) -> Outcome:
+    """A non-KVM format under QEMU: it must boot to a login prompt and take a role (console proxy) far
+    enough to answer SSH on its control address. The role tests themselves run on the KVM artifact."""
+
+    def login_prompt(vm: VirtualMachine, boot: RoleBoot, key_file: Path, outcome: Outcome) -> None:
+        vm.wait_for_console(LOGIN_PROMPT, config.verify.boot_timeout_s)
+        outcome.passed, outcome.message = True, "booted to a login prompt; sshd answered on the control address"
+
+    return _boot_into_role(config, disk, fmt, artifact, f"boot-{hypervisor}", "consoleproxy", accel, workspace,
+                           login_prompt)
 
 
 def _count(junit: Path) -> dict[str, int]:

@@ -16,14 +16,14 @@ from sysvm.imageinfo import virtual_size
 from sysvm.ovf import OVF_NS, VirtualMachine, descriptor
 from sysvm.packer import ProvisionedDisk
 from sysvm.rootfs import Rootfs
+from tests.disks import empty_qcow2
 
 MIB = 2**20
 
 
 @pytest.fixture
 def provisioned(tmp_path) -> tuple[ProvisionedDisk, Rootfs]:
-    image = tmp_path / "systemvm.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "48M"], check=True)
+    image = empty_qcow2(tmp_path / "systemvm.qcow2", "48M")
     subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 2M", str(image)], check=True, capture_output=True)
     packages = tmp_path / "packages.txt"
     packages.write_text("openssh-server\t1:9.2p1-2\tamd64\n")

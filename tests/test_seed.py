@@ -5,7 +5,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from sysvm import seed
 from sysvm.errors import SysvmError
 from sysvm.ovf import write_ova
+from tests.disks import convert, empty_qcow2, tmpfs
 from tests.mariadb import mariadb_server, server_binary
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="mariadb-server is installed by ./run")
@@ -59,14 +59,8 @@ def db_args(database) -> list[str]:
 def images(tmp_path_factory) -> dict[str, Path]:
     """One small artifact per hypervisor, shaped like the build's."""
     folder = tmp_path_factory.mktemp("images")
-    qcow2 = folder / "disk.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
-    vhd = folder / "disk.vhd"
-    subprocess.run(["qemu-img", "convert", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", str(qcow2), str(vhd)],
-                   check=True)
-    vmdk = folder / "disk.vmdk"
-    subprocess.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(qcow2), str(vmdk)],
-                   check=True)
+    qcow2 = empty_qcow2(folder / "disk.qcow2", "64M")
+    vhd, vmdk = convert(qcow2, folder / "disk.vhd"), convert(qcow2, folder / "disk.vmdk")
     made = {"kvm": folder / "t-kvm.qcow2.bz2", "xenserver": folder / "t-xen.vhd.bz2",
             "vmware": folder / "t-vmware.ova", "hyperv": folder / "t-hyperv.vhd.zip"}
     made["kvm"].write_bytes(bz2.compress(qcow2.read_bytes()))
@@ -201,26 +195,16 @@ def test_help_exits_0(capsys):
 
 
 def test_no_space_exits_4(tmp_path, images, capsys):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "size=64M") as mount:
         _fails(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "1"], 4,
                "Insufficient free disk space", capsys)
         assert list(mount.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_read_only_mount_exits_2(tmp_path, images, capsys):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4G,ro", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "ro", "size=4G,ro") as mount:
         _fails(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "1"], 2,
                "is it mounted read-write?", capsys)
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_interrupted_copy_leaves_nothing(seeded, database, db, images, monkeypatch, capsys):

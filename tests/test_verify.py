@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bz2
-import subprocess
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -12,6 +11,7 @@ from cloud_setup.roles import control_nic
 
 from sysvm.ovf import write_ova
 from sysvm.verify import Outcome, role_boot, summary_table, unpack_artifact, write_junit
+from tests.disks import convert, empty_qcow2
 
 EXPECTED_CONTROL = {"consoleproxy": 0, "secstorage": 0, "router": 1, "vpcrouter": 0, "dhcpsrvr": 1}
 
@@ -29,11 +29,8 @@ def test_each_role_gets_its_control_nic_forwarded_and_a_valid_line(role):
 
 
 def test_unpack_every_shipped_format(tmp_path):
-    qcow2 = tmp_path / "disk.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "16M"], check=True)
-    vmdk = tmp_path / "disk.vmdk"
-    subprocess.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(qcow2), str(vmdk)],
-                   check=True)
+    qcow2 = empty_qcow2(tmp_path / "disk.qcow2", "16M")
+    vmdk = convert(qcow2, tmp_path / "disk.vmdk")
     kvm = tmp_path / "t-kvm.qcow2.bz2"
     kvm.write_bytes(bz2.compress(qcow2.read_bytes()))
     ova = tmp_path / "t-vmware.ova"
