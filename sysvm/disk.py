@@ -45,6 +45,12 @@ ExecStart=/bin/sh -c 'key=/sys/firmware/qemu_fw_cfg/by_name/{FW_CFG_KEY}/raw; [ 
 WantedBy=multi-user.target
 """
 BUILD_KEY_UNIT_PATH = "etc/systemd/system/sysvm-build-key.service"
+# Services that must not start before the boot-time role setup has decided the role; it enables a
+# role's own. Disabled here, offline: under emulation `systemctl disable` in the guest spends seconds per
+# unit synchronising SysV links.
+ROLE_SERVICES = ("cloud", "apache2", "dnsmasq", "haproxy", "keepalived", "conntrackd", "radvd", "nfs-common",
+                 "xl2tpd", "strongswan-starter", "ipsec")
+ENABLED_AT_BUILD = ("ssh.service", "netfilter-persistent.service", "sysvm-build-key.service")
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,8 @@ class BaseDisk:
 
 
 def disk_key(config: Config, rootfs: Rootfs, overlay: Overlay) -> str:
-    return stage_key("disk", rootfs.key, overlay.key, config.disk.size_mib, KERNEL_ARGS, BUILD_KEY_UNIT)
+    return stage_key("disk", rootfs.key, overlay.key, config.disk.size_mib, KERNEL_ARGS, BUILD_KEY_UNIT,
+                     ROLE_SERVICES, ENABLED_AT_BUILD)
 
 
 def kernel_version(root: Path) -> str:
@@ -89,11 +96,10 @@ def configure_boot(root: Path, root_uuid: str) -> str:
     (root / "etc/hostname").write_text("systemvm\n")
     (root / "etc/network/interfaces").write_text("auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")
     (root / BUILD_KEY_UNIT_PATH).write_text(BUILD_KEY_UNIT)
-    wants = root / "etc/systemd/system/multi-user.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    link = wants / "sysvm-build-key.service"
-    if not link.is_symlink():
-        link.symlink_to(f"/{BUILD_KEY_UNIT_PATH}")
+    systemctl = ["systemctl", f"--root={root}"]
+    run([*systemctl, "disable", *(f"{name}.service" for name in ROLE_SERVICES)])
+    run([*systemctl, "enable", *ENABLED_AT_BUILD])
+    run([*systemctl, "set-default", "multi-user.target"])
     _lock_root_password(root)
     return kernel
 

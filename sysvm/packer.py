@@ -23,9 +23,6 @@ from sysvm.workspace import Workspace
 
 SCRIPTS = ROOT / "packer" / "scripts"
 IMAGE_NAME = "systemvm.qcow2"
-# Every service whose state depends on the role; the boot-time setup enables a role's own.
-ROLE_SERVICES = ("cloud", "apache2", "dnsmasq", "haproxy", "keepalived", "conntrackd", "radvd", "nfs-common",
-                 "xl2tpd", "strongswan-starter", "ipsec")
 
 
 @dataclass(frozen=True)
@@ -35,14 +32,13 @@ class ProvisionedDisk:
 
 
 def packer_key(config: Config, disk: BaseDisk) -> str:
-    return stage_key("packer", disk.key, config.release.iptables_backend, ROLE_SERVICES, config.disk.size_mib,
+    return stage_key("packer", disk.key, config.release.iptables_backend, config.disk.size_mib,
                      config.packer.memory_mib, trees=[SCRIPTS])
 
 
 def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, serial_log: Path,
              accel: str) -> dict[str, object]:
-    environment = [f"IPTABLES_BACKEND={config.release.iptables_backend}",
-                   f"ROLE_SERVICES={' '.join(ROLE_SERVICES)}"]
+    environment = [f"IPTABLES_BACKEND={config.release.iptables_backend}"]
     return {
         "builders": [{
             "type": "qemu",

@@ -19,11 +19,12 @@ DEBIAN_PACKAGES = {
     "lbzip2": "lbzip2",
     "zip": "zip",
     "file": "file",
+    "systemctl": "systemd",
 }
 
 STAGE_TOOLS = {
     "rootfs": ("mmdebstrap", "tar"),
-    "disk": ("tar", "mkfs.ext4", "sfdisk", "grub-mkimage", "qemu-img"),
+    "disk": ("tar", "mkfs.ext4", "sfdisk", "grub-mkimage", "qemu-img", "systemctl"),
     "packer": ("packer", "qemu-system-x86_64", "qemu-img", "ssh-keygen"),
     "export": ("qemu-img", "lbzip2", "zip"),
     "verify": ("qemu-system-x86_64", "qemu-img", "lbzip2", "ssh-keygen"),

@@ -1,18 +1,15 @@
 #!/bin/bash
-# What needs a running system: alternatives, users, and which units start at boot.
-# Role services stay disabled: the boot-time role setup enables the ones its role needs.
+# What needs the running system: alternatives, users, and the units the image's own boot sequence needs.
+# Role services were disabled offline by the disk stage; the boot-time role setup enables a role's own.
 set -eux
 update-alternatives --set iptables "/usr/sbin/iptables-${IPTABLES_BACKEND}"
 update-alternatives --set ip6tables "/usr/sbin/ip6tables-${IPTABLES_BACKEND}"
 id cloud >/dev/null 2>&1 || useradd --create-home --shell /bin/bash cloud
 usermod --lock cloud
-for service in ${ROLE_SERVICES}; do
-  if systemctl list-unit-files "${service}.service" --no-legend | grep -q .; then
-    systemctl disable "${service}.service" || true
+systemctl enable cloud-early-config.service sysvm-ssh-host-keys.service serial-getty@ttyS0.service
+for service in cloud apache2 dnsmasq haproxy keepalived conntrackd; do
+  if systemctl is-enabled --quiet "${service}.service" 2>/dev/null; then
+    echo "${service} is enabled: the role setup must be the one to start it" >&2
+    exit 1
   fi
 done
-systemctl enable cloud-early-config.service sysvm-ssh-host-keys.service ssh.service
-systemctl enable netfilter-persistent.service || true
-systemctl set-default multi-user.target
-# Console on the serial port as well, for every hypervisor's log.
-systemctl enable serial-getty@ttyS0.service
