@@ -1,4 +1,4 @@
-"""The pipeline: config → render → rootfs → disk → packer → export, each stage skipped when up to date."""
+"""The pipeline: config → render → rootfs → disk → packer → overlay → export, each stage skipped when up to date."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sysvm.config import Config
 from sysvm.disk import build_disk
 from sysvm.export import Artifacts, export
 from sysvm.fsutil import remove_tree
+from sysvm.overlay import apply_overlay
 from sysvm.packer import provision
 from sysvm.render import render
 from sysvm.rootfs import build_rootfs
@@ -34,7 +35,7 @@ def render_only(config: Config, workspace: Workspace, force: bool = False) -> Pa
 
 
 def build(config: Config, workspace: Workspace, force: bool = False) -> BuildResult:
-    tools.require(["rootfs", "disk", "packer", "export"])
+    tools.require(["rootfs", "disk", "packer", "overlay", "export"])
     remove_tree(workspace.build / "tmp")  # scratch space of an earlier build that was killed
     durations: dict[str, float] = {}
 
@@ -47,10 +48,12 @@ def build(config: Config, workspace: Workspace, force: bool = False) -> BuildRes
 
     overlay = timed("render", lambda: render(config, workspace, force))
     rootfs = timed("rootfs", lambda: build_rootfs(config, workspace, force))
-    disk = timed("disk", lambda: build_disk(config, rootfs, overlay, workspace, force))
+    disk = timed("disk", lambda: build_disk(config, rootfs, workspace, force))
     provisioned = timed("packer", lambda: provision(config, disk, workspace, force))
-    artifacts = timed("export", lambda: export(config, provisioned, rootfs, workspace, durations, force))
-    for stage, folder in (("disk", disk.image.parent), ("packer", provisioned.image.parent)):
+    final = timed("overlay", lambda: apply_overlay(provisioned, overlay, workspace, force))
+    artifacts = timed("export", lambda: export(config, final, rootfs, workspace, durations, force))
+    for stage, folder in (("disk", disk.image.parent), ("packer", provisioned.image.parent),
+                          ("overlay", final.image.parent)):
         os.utime(folder)  # mark as recently used, then drop the older ones
         workspace.prune(stage)
     return BuildResult(artifacts, durations)

@@ -1,4 +1,4 @@
-"""disk stage: rootfs + overlay into a partitioned disk that boots under a BIOS, without loop devices.
+"""disk stage: the root filesystem into a partitioned disk that boots under a BIOS, without loop devices.
 
 mke2fs writes the filesystem straight into the partition's place in the disk file (-d from a folder,
 -E offset), and GRUB's boot sector and core image, built with the image's own GRUB modules, go into
@@ -18,7 +18,6 @@ from sysvm.config import Config
 from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_path, remove_tree, scratch_dir
 from sysvm.qemu import PROBE_KERNEL
-from sysvm.render import Overlay
 from sysvm.rootfs import Rootfs
 from sysvm.run import run
 from sysvm.workspace import Workspace
@@ -60,8 +59,8 @@ class BaseDisk:
     root_uuid: str
 
 
-def disk_key(config: Config, rootfs: Rootfs, overlay: Overlay) -> str:
-    return stage_key("disk", rootfs.key, overlay.key, config.disk.size_mib, KERNEL_ARGS, BUILD_KEY_UNIT,
+def disk_key(config: Config, rootfs: Rootfs) -> str:
+    return stage_key("disk", rootfs.key, config.disk.size_mib, KERNEL_ARGS, BUILD_KEY_UNIT,
                      ROLE_SERVICES, ENABLED_AT_BUILD)
 
 
@@ -70,10 +69,6 @@ def kernel_version(root: Path) -> str:
     if not kernels:
         raise SysvmError(f"{root}/boot: no kernel in the root filesystem (is linux-image-* in packages.common?)")
     return kernels[-1]
-
-
-def apply_overlay(overlay: Overlay, root: Path) -> None:
-    run(["cp", "-a", "--no-preserve=ownership", f"{overlay.tree}/.", str(root)])
 
 
 def configure_boot(root: Path, root_uuid: str) -> str:
@@ -132,11 +127,11 @@ def install_grub(root: Path, disk: Path, root_uuid: str, scratch: Path) -> None:
         handle.write(core_bytes)
 
 
-def build_disk(config: Config, rootfs: Rootfs, overlay: Overlay, workspace: Workspace, force: bool = False) -> BaseDisk:
-    key = disk_key(config, rootfs, overlay)
+def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool = False) -> BaseDisk:
+    key = disk_key(config, rootfs)
     folder = workspace.stage_dir("disk", key)
     # Derived from the key so that the same inputs give the same filesystem UUID.
-    root_uuid = str(uuid.UUID(key.ljust(32, "0")[:32]))
+    root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sysvm-disk:{key}"))
     result = BaseDisk(key, folder / "base.qcow2", root_uuid)
     if result.image.is_file() and not force:
         log.say(f"    disk: up to date ({folder})")
@@ -146,7 +141,6 @@ def build_disk(config: Config, rootfs: Rootfs, overlay: Overlay, workspace: Work
         root = scratch / "root"
         root.mkdir()
         run(["tar", "-xpf", rootfs.tarball, "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C", root])
-        apply_overlay(overlay, root)
         kernel = configure_boot(root, root_uuid)
         raw = scratch / "disk.raw"
         size = config.disk.size_mib << 20

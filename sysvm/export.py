@@ -15,8 +15,8 @@ from sysvm import log
 from sysvm.cache import stage_key
 from sysvm.config import Config
 from sysvm.fsutil import atomic_write, hash_file, remove_tree, scratch_dir
+from sysvm.overlay import FinalImage
 from sysvm.ovf import write_ova
-from sysvm.packer import ProvisionedDisk
 from sysvm.rootfs import Rootfs
 from sysvm.run import output, run
 from sysvm.workspace import Workspace
@@ -49,8 +49,12 @@ def _compress_bz2(source: Path, destination: Path, threads: int) -> None:
     run(["lbzip2", "-n", str(threads), "-9", "-c", source], stdout_path=destination)
 
 
+def _source_format(image: Path) -> str:
+    return "raw" if image.suffix == ".raw" else "qcow2"
+
+
 def _convert(source: Path, destination: Path, fmt: str, options: str) -> None:
-    run(["qemu-img", "convert", "-O", fmt, "-o", options, source, destination])
+    run(["qemu-img", "convert", "-f", _source_format(source), "-O", fmt, "-o", options, source, destination])
 
 
 def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, threads: int) -> Path:
@@ -74,14 +78,14 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
         _convert(image, work / "disk.vmdk", "vmdk", "subformat=streamOptimized")
         write_ova(target, name.removesuffix(".ova"), work / "disk.vmdk", virtual_size(image))
     else:  # ovm: a raw image
-        run(["qemu-img", "convert", "-O", "raw", image, work / "disk.raw"])
+        run(["qemu-img", "convert", "-f", _source_format(image), "-O", "raw", image, work / "disk.raw"])
         _compress_bz2(work / "disk.raw", target, threads)
     remove_tree(work)
     return target
 
 
-def export_key(config: Config, provisioned: ProvisionedDisk) -> str:
-    return stage_key("export", provisioned.key, config.export.hypervisors, config.export.name_pattern,
+def export_key(config: Config, final: FinalImage) -> str:
+    return stage_key("export", final.key, config.export.hypervisors, config.export.name_pattern,
                      config.cloudstack.version, config.debian.architecture)
 
 
@@ -103,9 +107,9 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def export(config: Config, provisioned: ProvisionedDisk, rootfs: Rootfs, workspace: Workspace,
+def export(config: Config, final: FinalImage, rootfs: Rootfs, workspace: Workspace,
            durations: dict[str, float], force: bool = False) -> Artifacts:
-    key = export_key(config, provisioned)
+    key = export_key(config, final)
     folder = workspace.artifacts
     names = {hypervisor: artifact_name(config, hypervisor) for hypervisor in config.export.hypervisors}
     result = Artifacts(folder, {h: folder / n for h, n in names.items()}, folder / REPORT)
@@ -122,7 +126,7 @@ def export(config: Config, provisioned: ProvisionedDisk, rootfs: Rootfs, workspa
         jobs = len(names)
         threads = max(1, (os.cpu_count() or 1))
         with log.waiting(f"{jobs} exports ({', '.join(names)})"), ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {h: pool.submit(_make_artifact, config, h, provisioned.image, staging, threads)
+            futures = {h: pool.submit(_make_artifact, config, h, final.image, staging, threads)
                        for h in names}
             made = {h: future.result() for h, future in futures.items()}
         artifacts = {}
@@ -142,10 +146,10 @@ def export(config: Config, provisioned: ProvisionedDisk, rootfs: Rootfs, workspa
         "export_key": key,
         "cloudstack_version": config.cloudstack.version,
         "inputs": config.as_dict(),
-        "stage_keys": {"rootfs": rootfs.key, "packer": provisioned.key},
+        "stage_keys": {"rootfs": rootfs.key, "overlay": final.key},
         "tools": tool_versions(),
         "durations_s": durations,
-        "virtual_size": virtual_size(provisioned.image),
+        "virtual_size": virtual_size(final.image),
         "packages": len(rootfs.packages.read_text().splitlines()),
         "artifacts": artifacts,
     }

@@ -1,4 +1,7 @@
-"""packer stage: Packer's QEMU builder boots the base disk, provisions it over SSH on 3922, shuts it down.
+"""packer stage: Packer's QEMU builder boots the base disk, provisions it over SSH, shuts it down.
+
+The base disk does not hold the rendered overlay yet (the overlay stage writes it afterwards), so an
+overlay-only change never boots Packer again; sshd still has Debian's configuration here (port 22).
 
 The SSH key is made for this build only. QEMU hands it to the guest through fw_cfg, a unit of the
 base disk installs it, and the last provisioning script removes both key and unit before shutdown.
@@ -64,7 +67,7 @@ def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, s
             "communicator": "ssh",
             "ssh_username": "root",
             "ssh_private_key_file": str(key_file),
-            "ssh_port": 3922,
+            "ssh_port": 22,
             "ssh_timeout": f"{config.packer.ssh_timeout_s}s",
             "boot_wait": "1s",
             "shutdown_command": "systemctl poweroff",

@@ -17,16 +17,18 @@ DEBIAN_PACKAGES = {
     "packer": "packer",
     "ssh-keygen": "openssh-client",
     "lbzip2": "lbzip2",
-    "zip": "zip",
     "file": "file",
     "systemctl": "systemd",
+    "debugfs": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
 }
 
 STAGE_TOOLS = {
     "rootfs": ("mmdebstrap", "tar"),
     "disk": ("tar", "mkfs.ext4", "sfdisk", "grub-mkimage", "qemu-img", "systemctl"),
     "packer": ("packer", "qemu-system-x86_64", "qemu-img", "ssh-keygen"),
-    "export": ("qemu-img", "lbzip2", "zip"),
+    "overlay": ("qemu-img", "debugfs", "e2fsck"),
+    "export": ("qemu-img", "lbzip2"),
     "verify": ("qemu-system-x86_64", "qemu-img", "lbzip2", "ssh-keygen"),
 }
 

@@ -13,8 +13,8 @@ import pytest
 from sysvm import config, export, tools
 from sysvm.errors import SysvmError
 from sysvm.imageinfo import virtual_size
+from sysvm.overlay import FinalImage
 from sysvm.ovf import OVF_NS, VirtualMachine, descriptor
-from sysvm.packer import ProvisionedDisk
 from sysvm.rootfs import Rootfs
 from tests.disks import empty_qcow2
 
@@ -22,12 +22,12 @@ MIB = 2**20
 
 
 @pytest.fixture
-def provisioned(tmp_path) -> tuple[ProvisionedDisk, Rootfs]:
+def provisioned(tmp_path) -> tuple[FinalImage, Rootfs]:
     image = empty_qcow2(tmp_path / "systemvm.qcow2", "48M")
     subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 2M", str(image)], check=True, capture_output=True)
     packages = tmp_path / "packages.txt"
     packages.write_text("openssh-server\t1:9.2p1-2\tamd64\n")
-    return ProvisionedDisk("k" * 16, image), Rootfs("r" * 16, tmp_path / "rootfs.tar", packages)
+    return FinalImage("k" * 16, image), Rootfs("r" * 16, tmp_path / "rootfs.tar", packages)
 
 
 def test_names_follow_the_pattern():
@@ -149,8 +149,8 @@ def test_missing_host_tool_names_the_debian_package(monkeypatch, tmp_path):
     with pytest.raises(SysvmError) as caught:
         tools.require(["rootfs", "export"])
     message = str(caught.value)
-    assert "missing host tools: lbzip2, mmdebstrap, qemu-img, tar, zip" in message
-    assert "apt-get install lbzip2 mmdebstrap qemu-utils tar zip" in message
+    assert "missing host tools: lbzip2, mmdebstrap, qemu-img, tar" in message
+    assert "apt-get install lbzip2 mmdebstrap qemu-utils tar" in message
 
 
 def test_build_stops_before_any_work_when_a_tool_is_missing(monkeypatch, tmp_path):

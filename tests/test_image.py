@@ -43,7 +43,7 @@ def test_every_artifact_passes_qemu_img_check(default_build):
 def test_rebuild_with_nothing_changed_does_no_work(default_build):
     cfg, workspace = default_build
     build(cfg, workspace)
-    for stage in ("render", "rootfs", "disk", "packer", "export"):
+    for stage in ("render", "rootfs", "disk", "packer", "overlay", "export"):
         assert "up to date" in (workspace.logs / f"{stage}.log").read_text(), stage
 
 

@@ -1,13 +1,13 @@
 #!/bin/bash
-# What needs the running system: alternatives, users, and the units the image's own boot sequence needs.
-# Role services were disabled offline by the disk stage; the boot-time role setup enables a role's own.
+# What needs the running system: alternatives and users. Role services were disabled offline by the
+# disk stage; the overlay stage enables the role setup, which enables a role's own services at boot.
 set -eux
 update-alternatives --set iptables "/usr/sbin/iptables-${IPTABLES_BACKEND}"
 update-alternatives --set ip6tables "/usr/sbin/ip6tables-${IPTABLES_BACKEND}"
 id cloud >/dev/null 2>&1 || useradd --create-home --shell /bin/bash cloud
 usermod --lock cloud
-systemctl enable cloud-early-config.service sysvm-ssh-host-keys.service serial-getty@ttyS0.service
-for service in cloud apache2 dnsmasq haproxy keepalived conntrackd; do
+systemctl enable serial-getty@ttyS0.service
+for service in apache2 dnsmasq haproxy keepalived conntrackd; do
   if systemctl is-enabled --quiet "${service}.service" 2>/dev/null; then
     echo "${service} is enabled: the role setup must be the one to start it" >&2
     exit 1

@@ -1,0 +1,82 @@
+"""The overlay stage on a small real disk: files, folders, links, modes and enabled units land in ext4."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sysvm.disk import PARTITION_START
+from sysvm.errors import SysvmError
+from sysvm.overlay import ENABLED_UNITS, WANTS, apply_overlay
+from sysvm.packer import ProvisionedDisk
+from sysvm.render import Overlay
+
+
+def debugfs(image: Path, command: str) -> str:
+    return subprocess.run(["debugfs", "-R", command, f"{image}?offset={PARTITION_START}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def provisioned(tmp_path) -> ProvisionedDisk:
+    """A disk like Packer leaves it: one ext4 partition after 1 MiB, with an /etc that has files."""
+    root = tmp_path / "root"
+    (root / "etc/ssh").mkdir(parents=True)
+    (root / "etc/ssh/sshd_config").write_text("Port 22\n")
+    (root / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True)
+    raw = tmp_path / "disk.raw"
+    with raw.open("wb") as handle:
+        handle.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), "-E", f"offset={PARTITION_START}", str(raw),
+                    f"{(64 << 20) - PARTITION_START >> 10}k"], check=True)
+    image = tmp_path / "systemvm.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
+    return ProvisionedDisk("p" * 16, image)
+
+
+@pytest.fixture
+def overlay(tmp_path) -> Overlay:
+    tree = tmp_path / "overlay"
+    (tree / "etc/ssh").mkdir(parents=True)
+    (tree / "etc/ssh/sshd_config").write_text("Port 3922\n")
+    (tree / "etc/systemd/system").mkdir(parents=True)
+    for unit in ENABLED_UNITS:
+        (tree / "etc/systemd/system" / unit).write_text("[Unit]\n")
+    (tree / "opt/cloud/bin").mkdir(parents=True)
+    script = tree / "opt/cloud/bin/run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    (tree / "opt/cloud/bin/latest").symlink_to("run.sh")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"files": []}))
+    return Overlay("o" * 16, tree, manifest)
+
+
+def test_overlay_is_written_into_the_filesystem(provisioned, overlay, workspace):
+    final = apply_overlay(provisioned, overlay, workspace)
+    image = final.image
+    assert debugfs(image, "cat /etc/ssh/sshd_config") == "Port 3922\n"
+    stat = debugfs(image, "stat /opt/cloud/bin/run.sh")
+    assert "Mode:  0755" in stat and "User:     0   Group:     0" in stat
+    assert 'Fast link dest: "run.sh"' in debugfs(image, "stat /opt/cloud/bin/latest")
+    for unit in ENABLED_UNITS:
+        assert f'"/etc/systemd/system/{unit}"' in debugfs(image, f"stat {WANTS}/{unit}")
+    fsck = subprocess.run(["e2fsck", "-fn", f"{image}?offset={PARTITION_START}"], capture_output=True)
+    assert fsck.returncode == 0, fsck.stdout
+    assert sorted(p.name for p in image.parent.iterdir()) == ["systemvm.raw"]
+
+
+def test_second_run_is_up_to_date_and_a_change_makes_a_new_image(provisioned, overlay, workspace):
+    first = apply_overlay(provisioned, overlay, workspace)
+    assert apply_overlay(provisioned, overlay, workspace) == first
+    changed = Overlay("c" * 16, overlay.tree, overlay.manifest)
+    assert apply_overlay(provisioned, changed, workspace).image != first.image
+
+
+def test_paths_with_spaces_are_refused(provisioned, overlay, workspace):
+    (overlay.tree / "etc/bad name").write_text("x")
+    with pytest.raises(SysvmError, match="must not contain white space"):
+        apply_overlay(provisioned, overlay, workspace)
