@@ -133,8 +133,7 @@ def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool
     # Derived from the key so that the same inputs give the same filesystem UUID.
     root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sysvm-disk:{key}"))
     result = BaseDisk(key, folder / "base.qcow2", root_uuid)
-    if result.image.is_file() and not force:
-        log.say(f"    disk: up to date ({folder})")
+    if workspace.reusable("disk", result.image, force=force):
         return result
     scratch = scratch_dir(workspace.build / "tmp", "disk-")
     try:

@@ -81,8 +81,7 @@ def apply_overlay(provisioned: ProvisionedDisk, overlay: Overlay, workspace: Wor
     key = overlay_key(provisioned, overlay)
     folder = workspace.stage_dir("overlay", key)
     result = FinalImage(key, folder / IMAGE_NAME)
-    if result.image.is_file() and not force:
-        log.say(f"    overlay: up to date ({folder})")
+    if workspace.reusable("overlay", result.image, force=force):
         return result
     for entry in sorted(overlay.tree.rglob("*")):
         if any(c.isspace() for c in entry.name):

@@ -90,8 +90,7 @@ def provision(config: Config, disk: BaseDisk, workspace: Workspace, force: bool 
     key = packer_key(config, disk)
     folder = workspace.stage_dir("packer", key)
     result = ProvisionedDisk(key, folder / IMAGE_NAME)
-    if result.image.is_file() and not force:
-        log.say(f"    packer: up to date ({folder})")
+    if workspace.reusable("packer", result.image, force=force):
         return result
     accel = accelerator("auto", workspace.cache)
     scratch = scratch_dir(workspace.build / "tmp", "packer-")

@@ -151,8 +151,7 @@ def render(config: Config, workspace: Workspace, force: bool = False) -> Overlay
     key = render_key(config)
     folder = workspace.stage_dir("render", key)
     overlay = Overlay(key, folder / "overlay", folder / "manifest.json")
-    if overlay.manifest.is_file() and not force:
-        log.say(f"    render: up to date ({folder})")
+    if workspace.reusable("render", overlay.manifest, force=force):
         return overlay
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,

@@ -100,8 +100,7 @@ def build_rootfs(config: Config, workspace: Workspace, force: bool = False) -> R
     key = rootfs_key(config)
     folder = workspace.stage_dir("rootfs", key)
     result = Rootfs(key, folder / "rootfs.tar", folder / "packages.txt")
-    if result.tarball.is_file() and result.packages.is_file() and not force:
-        log.say(f"    rootfs: up to date ({folder})")
+    if workspace.reusable("rootfs", result.tarball, result.packages, force=force):
         return result
     cache = workspace.cache / "apt" / f"{config.debian.release}-{config.debian.architecture}"
     cache.mkdir(parents=True, exist_ok=True)

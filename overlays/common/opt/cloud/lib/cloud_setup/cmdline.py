@@ -208,7 +208,7 @@ class CommandLine:
         return self.values.get(key, "").lower() == "true"
 
 
-def _valid_ipv4(text: str) -> bool:
+def valid_ipv4(text: str) -> bool:
     try:
         ipaddress.IPv4Address(text)
     except ValueError:
@@ -243,7 +243,7 @@ def parse(text: str) -> CommandLine:
         address, mask = values[key], values.get(f"eth{index}mask", "")
         if address in ("", "0.0.0.0"):
             continue
-        if not _valid_ipv4(address):
+        if not valid_ipv4(address):
             errors.append(f"eth{index}ip={address} is not an IPv4 address")
         elif not _valid_netmask(mask):
             errors.append(f"eth{index}mask={mask} is not a netmask")

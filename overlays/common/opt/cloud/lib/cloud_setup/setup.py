@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud_setup.cmdline import CommandLine, CommandRunner, Interface
+from cloud_setup.cmdline import CommandLine, CommandRunner, Interface, valid_ipv4
 from cloud_setup.fileops import update_properties, write_if_changed
 from cloud_setup.paths import Paths
 from cloud_setup.roles import MANAGED_SERVICES, RolePlan, control_nic, plan_for
@@ -88,7 +88,7 @@ class Setup:
                 lines.append(f"    mtu {mtu}")
             if index == gateway_nic:
                 lines.append(f"    gateway {gateway}")
-            if index == 1 and self._valid(self.line.get("localgw")):
+            if index == 1 and valid_ipv4(self.line.get("localgw")):
                 for cidr in filter(None, self.line.get("mgmtcidr").split(",")):
                     if self._valid_network(cidr):
                         lines.append(f"    up ip route replace {cidr} via {self.line.get('localgw')} dev eth1")
@@ -96,21 +96,13 @@ class Setup:
         self._write("etc/network/interfaces", HEADER + "\n".join(stanzas))
 
     def _gateway_nic(self, gateway: str) -> int | None:
-        if not self._valid(gateway):
+        if not valid_ipv4(gateway):
             return None
         address = ipaddress.IPv4Address(gateway)
         for index, interface in sorted(self.line.interfaces.items()):
             if address in interface.network:
                 return index
         return None
-
-    @staticmethod
-    def _valid(text: str) -> bool:
-        try:
-            ipaddress.IPv4Address(text)
-        except ValueError:
-            return False
-        return True
 
     @staticmethod
     def _valid_network(text: str) -> bool:
@@ -124,7 +116,7 @@ class Setup:
         servers = []
         for key in ("internaldns1", "internaldns2", "dns1", "dns2"):
             value = self.line.get(key)
-            if self._valid(value) and value not in servers:
+            if valid_ipv4(value) and value not in servers:
                 servers.append(value)
         if not servers:
             log.info("no DNS servers on the command line; leaving resolv.conf as it is")
