@@ -13,6 +13,7 @@ import base64
 import json
 import sys
 import tarfile
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
 import zipfile
@@ -140,12 +141,18 @@ def unpack_artifact(artifact: Path, folder: Path) -> tuple[Path, str]:
 # ------------------------------------------------------------------------------------------------- boots
 
 
+_KEY_LOCK = threading.Lock()
+
+
 def management_key(folder: Path) -> tuple[Path, str]:
-    """A key pair standing in for the management server's (made once per workspace)."""
+    """A key pair standing in for the management server's, made once per workspace (boots run in
+    parallel threads: the lock keeps them from racing to create it)."""
     private = folder / "id_ed25519"
-    if not private.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "management-server@sysvm-verify", "-f", private])
+    with _KEY_LOCK:
+        if not private.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "management-server@sysvm-verify", "-f",
+                 private])
     return private, (folder / "id_ed25519.pub").read_text().strip()
 
 

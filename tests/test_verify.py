@@ -10,7 +10,7 @@ from cloud_setup.cmdline import parse
 from cloud_setup.roles import control_nic
 
 from sysvm.ovf import write_ova
-from sysvm.verify import Outcome, role_boot, summary_table, unpack_artifact, write_junit
+from sysvm.verify import Outcome, management_key, role_boot, summary_table, unpack_artifact, write_junit
 from tests.disks import convert, empty_qcow2
 
 EXPECTED_CONTROL = {"consoleproxy": 0, "secstorage": 0, "router": 1, "vpcrouter": 0, "dhcpsrvr": 1}
@@ -55,3 +55,12 @@ def test_junit_and_summary_report_failures_with_the_console_log(tmp_path):
     assert failure.get("message") == "no 'login:' on the console" and failure.text == "/x/boot-xen-serial.log"
     table = summary_table(outcomes)
     assert "router-kvm" in table and "PASS" in table and "FAIL" in table
+
+
+def test_parallel_boots_share_one_management_key(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        keys = list(pool.map(lambda _: management_key(tmp_path / "keys"), range(4)))
+    assert len({public for _, public in keys}) == 1
+    assert keys[0][1].startswith("ssh-ed25519 ")
