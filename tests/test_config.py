@@ -97,6 +97,10 @@ def test_cross_field_rules(tmp_path):
 
 
 def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    def written() -> set[Path]:
+        return set((ROOT / "output").rglob("*")) if (ROOT / "output").exists() else set()
+
+    before = written()
     result = subprocess.run(
         [sys.executable, "-m", "invoke", "render", "--set", "debian.release=hamm"],
         cwd=ROOT, capture_output=True, text=True, check=False,
@@ -104,3 +108,4 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "debian.release: unknown release 'hamm'" in lines[0]
+    assert written() == before
