@@ -356,3 +356,12 @@ def test_diagnostics_zip_holds_files_outputs_and_problems(tmp_path):
         errors = opened.read("errors.log").decode()
     assert "[NOSUCH]: unknown marker" in errors
     assert f"{tmp_path / 'missing.log'}: no such file" in errors
+
+
+def test_build_disables_every_service_the_role_setup_manages():
+    # The disk stage (host side) and the role setup (in the image) keep their own lists; they must agree.
+    from cloud_setup.roles import MANAGED_SERVICES
+
+    from sysvm.disk import ROLE_SERVICES
+
+    assert set(MANAGED_SERVICES) <= set(ROLE_SERVICES)
