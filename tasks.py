@@ -35,13 +35,15 @@ def build(c: Context, config: str = "", set_: list[str] | None = None, force: bo
     "artifact": "artifact to boot (default: the KVM artifact of this configuration)",
     "role": "role to verify (repeatable; default: verify.roles)",
     "hypervisor": "kvm, xen, vmware or hyperv: boot that artifact (only KVM gets role tests)",
+    "cloudstack": "a CloudStack source tree: start each role as a 4.17+ host does, with its scripts",
 })
 def verify(c: Context, config: str = "", set_: list[str] | None = None, artifact: str = "",
-           role: list[str] | None = None, hypervisor: str = "") -> None:
+           role: list[str] | None = None, hypervisor: str = "", cloudstack: str = "") -> None:
     """Boot artifacts in QEMU and test each role with testinfra; writes JUnit XML under output/verify."""
     from sysvm.verify import verify as run_verify
 
-    guarded(lambda: run_verify(load_config(config, set_ or []), Workspace(), artifact, role or [], hypervisor))
+    guarded(lambda: run_verify(load_config(config, set_ or []), Workspace(), artifact, role or [], hypervisor,
+                               cloudstack))
 
 
 @task(help={"args": "cloud-install-sys-tmplt options, quoted, e.g. \"-m /mnt/secondary -f FILE -h kvm\""})

@@ -51,7 +51,7 @@ def build(config: Config, workspace: Workspace, force: bool = False) -> BuildRes
     disk = timed("disk", lambda: build_disk(config, rootfs, workspace, force))
     provisioned = timed("packer", lambda: provision(config, disk, workspace, force))
     final = timed("overlay", lambda: apply_overlay(provisioned, overlay, workspace, force))
-    artifacts = timed("export", lambda: export(config, final, rootfs, workspace, durations, force))
+    artifacts = timed("export", lambda: export(config, final, overlay, rootfs, workspace, durations, force))
     for stage, folder in (("disk", disk.image.parent), ("packer", provisioned.image.parent),
                           ("overlay", final.image.parent)):
         os.utime(folder)  # mark as recently used, then drop the older ones

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from sysvm.cloudstack import locate
 from sysvm.errors import SysvmError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ KNOWN_RELEASES = ("buster", "bullseye", "bookworm", "trixie")
 class CloudStack:
     version: str
     build_date: str = ""  # ISO 8601 date; empty means SOURCE_DATE_EPOCH, else no date at all
+    scripts: str = ""  # a CloudStack source tree whose cloud-scripts.tgz is baked into the image
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class Verify:
     memory_mib: int
     boot_timeout_s: int
     accelerator: Literal["auto", "kvm", "tcg"]
+    cloudstack_scripts: str = ""  # a CloudStack source tree: start roles as a 4.17+ host does, with its scripts
 
 
 @dataclass(frozen=True)
@@ -342,6 +345,13 @@ def _validate(config: Config, origins: Origins) -> None:
     for name in ("basic_interval_minutes", "advanced_interval_minutes"):
         value = getattr(config.health_checks, name)
         check(1 <= value <= 59, ("health_checks", name), f"expected 1-59 minutes, got {value}")
+    for path, value in ((("cloudstack", "scripts"), config.cloudstack.scripts),
+                        (("verify", "cloudstack_scripts"), config.verify.cloudstack_scripts)):
+        if value:
+            try:
+                locate(value)
+            except SysvmError as error:
+                raise _fail(path, origins, fallback, str(error)) from error
     for index, layer in enumerate(config.overlay_layers):
         check((ROOT / layer).is_dir() or Path(layer).is_dir(), ("overlay_layers", str(index)),
               f"overlay folder {layer!r} does not exist")

@@ -48,7 +48,12 @@ BUILD_KEY_UNIT_PATH = "etc/systemd/system/sysvm-build-key.service"
 # role's own. Disabled here, offline: under emulation `systemctl disable` in the guest spends seconds per
 # unit synchronising SysV links.
 ROLE_SERVICES = ("cloud", "apache2", "dnsmasq", "haproxy", "keepalived", "conntrackd", "radvd", "nfs-common",
-                 "xl2tpd", "strongswan-starter", "ipsec")
+                 "xl2tpd", "strongswan-starter", "ipsec", "frr")
+# Off at every boot, as in upstream's template: VMware's tools unit from CloudStack's scripts has no
+# virtualisation condition (the setup starts it on VMware), cloud-init runs only for operator user data
+# (CloudStack's post-init starts it by hand), and apt has no mirror to reach.
+DISABLED_UNITS = ("open-vm-tools.service", "vgauth.service", "cloud-init-local.service", "cloud-init.service",
+                  "cloud-config.service", "cloud-final.service", "apt-daily.timer", "apt-daily-upgrade.timer")
 ENABLED_AT_BUILD = ("ssh.service", "netfilter-persistent.service", "sysvm-build-key.service")
 
 
@@ -61,7 +66,7 @@ class BaseDisk:
 
 def disk_key(config: Config, rootfs: Rootfs) -> str:
     return stage_key("disk", rootfs.key, config.disk.size_mib, KERNEL_ARGS, BUILD_KEY_UNIT,
-                     ROLE_SERVICES, ENABLED_AT_BUILD)
+                     ROLE_SERVICES, DISABLED_UNITS, ENABLED_AT_BUILD)
 
 
 def kernel_version(root: Path) -> str:
@@ -92,7 +97,7 @@ def configure_boot(root: Path, root_uuid: str) -> str:
     (root / "etc/network/interfaces").write_text("auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")
     (root / BUILD_KEY_UNIT_PATH).write_text(BUILD_KEY_UNIT)
     systemctl = ["systemctl", f"--root={root}"]
-    run([*systemctl, "disable", *(f"{name}.service" for name in ROLE_SERVICES)])
+    run([*systemctl, "disable", *(f"{name}.service" for name in ROLE_SERVICES), *DISABLED_UNITS])
     run([*systemctl, "enable", *ENABLED_AT_BUILD])
     run([*systemctl, "set-default", "multi-user.target"])
     _lock_root_password(root)

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from sysvm import log
 from sysvm.cache import stage_key
+from sysvm.cloudstack import locate
 from sysvm.config import Config
 from sysvm.fsutil import atomic_write, hash_file, remove_tree, scratch_dir
 from sysvm.overlay import FinalImage
 from sysvm.ovf import write_ova
+from sysvm.render import Overlay
 from sysvm.rootfs import Rootfs
 from sysvm.run import output, run
 from sysvm.workspace import Workspace
@@ -107,7 +109,7 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def export(config: Config, final: FinalImage, rootfs: Rootfs, workspace: Workspace,
+def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, workspace: Workspace,
            durations: dict[str, float], force: bool = False) -> Artifacts:
     key = export_key(config, final)
     folder = workspace.artifacts
@@ -147,6 +149,9 @@ def export(config: Config, final: FinalImage, rootfs: Rootfs, workspace: Workspa
         "cloudstack_version": config.cloudstack.version,
         "inputs": config.as_dict(),
         "stage_keys": {"rootfs": rootfs.key, "overlay": final.key},
+        "scripts_signature": overlay.signature(),
+        "cloudstack_scripts": ({"path": str(locate(config.cloudstack.scripts).root), "sha512": overlay.signature()}
+                               if overlay.baked_scripts else None),
         "tools": tool_versions(),
         "durations_s": durations,
         "virtual_size": virtual_size(final.image),

@@ -93,6 +93,7 @@ class VirtualMachine:
     nics: list[Nic] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     ssh_port: int = 0
+    started_at: float = 0.0  # time.monotonic() when QEMU was started
 
     @property
     def console_log(self) -> Path:
@@ -116,8 +117,7 @@ class VirtualMachine:
             netdev = f"user,id=net{index},net={nic.network},restrict=on"
             if nic.forward_ssh_to:
                 netdev += f",hostfwd=tcp:127.0.0.1:{self.ssh_port}-{nic.forward_ssh_to}:3922"
-            command += ["-netdev", netdev,
-                        "-device", f"virtio-net-pci,netdev=net{index},mac=52:54:00:12:34:{index + 0x10:02x}"]
+            command += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net{index},mac={nic_mac(index)}"]
         return command
 
     def start(self) -> None:
@@ -132,6 +132,7 @@ class VirtualMachine:
         command = self.command()
         log.say(f"    {self.name}: starting QEMU ({self.accel}); serial console: {self.console_log}")
         (self.folder / f"{self.name}-qemu.cmd").write_text(" ".join(command) + "\n")
+        self.started_at = time.monotonic()
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                         stderr=(self.folder / f"{self.name}-qemu.log").open("wb"))
 
@@ -207,6 +208,11 @@ class VirtualMachine:
             self.process.wait()
         (self.folder / f"{self.name}-overlay.qcow2").unlink(missing_ok=True)
         self.agent_socket.unlink(missing_ok=True)
+
+
+def nic_mac(index: int) -> str:
+    """The MAC address of the VM's ethN (what a management server would know as the NIC's address)."""
+    return f"52:54:00:12:34:{index + 0x10:02x}"
 
 
 class GuestAgent:

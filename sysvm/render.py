@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import jinja2
 
 from sysvm import log
 from sysvm.cache import stage_key
+from sysvm.cloudstack import CloudStackTree, locate, pack_scripts
 from sysvm.config import ROOT, Config
 from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_path
@@ -27,6 +29,7 @@ PARTIAL_SUFFIX = ".inc.j2"
 SSH_PORT = 3922
 AGENT_PORT = 8250
 SIGNATURE_PATH = "var/cache/cloud/cloud-scripts-signature"
+BAKED_SCRIPTS_PATH = "usr/share/cloud/cloud-scripts.tgz"
 # Folders whose files make up "the cloud scripts" that the router version check compares.
 SIGNED_FOLDERS = ("opt/cloud", "root/health_checks", "usr/local/cloud/systemvm")
 
@@ -39,6 +42,15 @@ class Overlay:
 
     def entries(self) -> list[dict[str, str]]:
         return json.loads(self.manifest.read_text())["files"]
+
+    def signature(self) -> str:
+        """What get_template_version.sh reports after '&' until a host hands over other scripts."""
+        return (self.tree / SIGNATURE_PATH).read_text().strip()
+
+    @property
+    def baked_scripts(self) -> Path | None:
+        archive = self.tree / BAKED_SCRIPTS_PATH
+        return archive if archive.is_file() else None
 
 
 def build_date(config: Config) -> str:
@@ -79,9 +91,16 @@ def _extra_layers(config: Config) -> list[Path]:
     return [(ROOT / layer) if (ROOT / layer).is_dir() else Path(layer) for layer in config.overlay_layers]
 
 
+def _baked_scripts(config: Config) -> CloudStackTree | None:
+    return locate(config.cloudstack.scripts) if config.cloudstack.scripts else None
+
+
 def render_key(config: Config) -> str:
     sources = [TEMPLATES / name for name in layers(config)] + [OVERLAYS / name for name in layers(config)]
-    return stage_key("render", context(config), layers(config), trees=[*sources, *_extra_layers(config)])
+    baked = _baked_scripts(config)
+    cloudstack = [baked.debian, *baked.keystore_scripts()] if baked else []
+    return stage_key("render", context(config), layers(config), str(baked.root) if baked else "",
+                     trees=[*sources, *_extra_layers(config), *cloudstack])
 
 
 def _render_templates(environment: jinja2.Environment, layer: str, values: dict[str, object], tree: Path) -> None:
@@ -126,12 +145,25 @@ def _copy_layer(source_root: Path, tree: Path) -> None:
 
 
 def scripts_signature(tree: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+    """The image's own scripts' signature, in the form of CloudStack's (a sha512 in hex)."""
+    digest = hashlib.sha512()
     for folder in SIGNED_FOLDERS:
         for path in sorted((tree / folder).rglob("*")) if (tree / folder).is_dir() else []:
             if path.is_file() and not path.is_symlink():
                 digest.update(path.relative_to(tree).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def bake_scripts(cloudstack: CloudStackTree, tree: Path) -> str:
+    """As upstream's template: CloudStack's cloud-scripts.tgz kept in /usr/share/cloud and unpacked over
+    the image's own layers. Returns the tgz's sha512, the signature get_template_version.sh reports."""
+    archive = tree / BAKED_SCRIPTS_PATH
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    checksum = pack_scripts(cloudstack, archive)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="tar")
+    log.say(f"    render: CloudStack's scripts from {cloudstack.root} baked in (sha512 {checksum[:16]}...)")
+    return checksum
 
 
 def _manifest(tree: Path) -> list[dict[str, str]]:
@@ -166,9 +198,10 @@ def render(config: Config, workspace: Workspace, force: bool = False) -> Overlay
             _copy_layer(OVERLAYS / layer, tree)
         for extra in _extra_layers(config):
             _copy_layer(extra, tree)
+        baked = _baked_scripts(config)
         signature = tree / SIGNATURE_PATH
         signature.parent.mkdir(parents=True, exist_ok=True)
-        signature.write_text(scripts_signature(tree) + "\n")
+        signature.write_text((bake_scripts(baked, tree) if baked else scripts_signature(tree)) + "\n")
         document = {"key": key, "release": config.debian.release, "layers": layers(config),
                     "files": _manifest(tree)}
         (temporary / "manifest.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")

@@ -10,6 +10,7 @@ Every boot uses its own throwaway overlay disk, so no state passes from one role
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import sys
 import tarfile
@@ -23,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sysvm import log, tools
+from sysvm.cloudstack import locate
 from sysvm.config import ROOT, Config
 from sysvm.errors import SysvmError
 from sysvm.export import artifact_name
 from sysvm.fsutil import atomic_path, atomic_write
-from sysvm.qemu import Nic, VirtualMachine, accelerator
+from sysvm.kvmhost import ROUTER_ROLES, HostFiles, Remote, host_files, send_router_config, start_sequence
+from sysvm.qemu import Nic, VirtualMachine, accelerator, nic_mac
 from sysvm.run import run
 from sysvm.workspace import Workspace
 
@@ -72,7 +75,10 @@ def role_boot(role: str, management_key: str) -> RoleBoot:
         extra, control_index = {"name": "r-5-VM"}, 0
     else:  # router and dhcpsrvr: eth0 guest, eth1 control, eth2 public
         layout = [guest, (CONTROL_NETWORK, "169.254.0.44", "255.255.0.0"), public]
-        extra, control_index = {"name": "r-4-VM" if role == "router" else "r-6-VM"}, 1
+        # What a management server adds for the guest network's DHCP and DNS (CloudStack's router.sh reads them).
+        extra = {"name": "r-4-VM" if role == "router" else "r-6-VM", "guestgw": "10.1.1.1",
+                 "guestbrd": "10.1.1.255", "guestcidrsize": "24", "dhcprange": "10.1.1.1"}
+        control_index = 1
     values = {"template": "domP", "type": role}
     values.update({k: v for k, v in extra.items() if k == "name"})
     nics = []
@@ -81,7 +87,38 @@ def role_boot(role: str, management_key: str) -> RoleBoot:
         nics.append(Nic(network, address if index == control_index else ""))
     values.update({k: v for k, v in extra.items() if k != "name"})
     values.update({"gateway": "192.168.1.2", "dns1": "192.168.1.3", "domain": "cloud.test", "authorized_key": key})
+    if role in ("router", "vpcrouter"):
+        values["logrotatefrequency"] = "*:00:00"  # CloudStack's router.sh writes it into logrotate.timer
     return RoleBoot(role, nics, values)
+
+
+GUEST_VM = {"mac": "02:00:4c:5f:00:01", "ip": "10.1.1.5", "name": "vm-1"}
+
+
+def router_documents(boot: RoleBoot) -> dict[str, dict[str, object]]:
+    """What a management server sends a router that starts (file name -> JSON), in CloudStack's shapes
+    (see CloudStack's systemvm/debian/opt/cloud/testdata): its public IP, its guest network, one DHCP entry."""
+    values = boot.values
+    guest_index = 2 if boot.role == "vpcrouter" else 0
+    public_index = 1 if boot.role == "vpcrouter" else 2
+    guest_ip, guest_mask = values[f"eth{guest_index}ip"], values[f"eth{guest_index}mask"]
+    prefix = ipaddress.IPv4Network(f"0.0.0.0/{guest_mask}").prefixlen
+    documents: dict[str, dict[str, object]] = {}
+    if boot.role != "dhcpsrvr":
+        documents["ip_associations.json.7a1f0c9e-0001"] = {"type": "ips", "ip_address": [{
+            "public_ip": values[f"eth{public_index}ip"], "source_nat": True, "add": True, "one_to_one_nat": False,
+            "first_i_p": True, "gateway": values["gateway"], "netmask": values[f"eth{public_index}mask"],
+            "vif_mac_address": nic_mac(public_index), "nic_dev_id": public_index, "new_nic": False}]}
+    if boot.role == "vpcrouter":  # isolated and shared networks come with the command line
+        documents["guest_network.json.7a1f0c9e-0002"] = {
+            "type": "guestnetwork", "add": True, "mac_address": nic_mac(guest_index),
+            "device": f"eth{guest_index}", "router_guest_ip": guest_ip, "router_guest_gateway": guest_ip,
+            "router_guest_netmask": guest_mask, "cidr": str(prefix), "dns": values["dns1"],
+            "domain_name": values["domain"]}
+    documents["vm_dhcp_entry.json.7a1f0c9e-0003"] = {
+        "type": "dhcpentry", "host_name": GUEST_VM["name"], "mac_address": GUEST_VM["mac"],
+        "ipv4_address": GUEST_VM["ip"], "default_gateway": guest_ip, "default_entry": True}
+    return documents
 
 
 @dataclass
@@ -174,36 +211,51 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
     vm = VirtualMachine(name, disk, fmt, workspace.verify / "vms", accel, config.verify.memory_mib, boot.nics)
     outcome.console_log = str(vm.console_log)
     timeout = config.verify.boot_timeout_s
+    started = time.monotonic()
     try:
-        started = time.monotonic()
         vm.start()
         outcome.timings["agent_s"] = round(vm.hand_over_cmdline(boot.cmdline(), timeout), 1)
         outcome.timings["ssh_s"] = round(vm.wait_for_ssh(max(1.0, timeout - (time.monotonic() - started))), 1)
         check(vm, boot, key_file, outcome)
-        outcome.timings["total_s"] = round(time.monotonic() - started, 1)
     except SysvmError as error:
         outcome.passed, outcome.message = False, str(error)
+    except Exception as error:  # noqa: BLE001 - one boot's crash is that boot's failed test, not the run's
+        outcome.passed = False
+        outcome.message = f"{name}: {type(error).__name__}: {error}; console: {vm.console_tail()}"
     finally:
         vm.stop()
+        outcome.timings["total_s"] = round(time.monotonic() - started, 1)
     return outcome
 
 
 def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str, accel: str,
-                workspace: Workspace) -> Outcome:
-    """The role's testinfra suite over SSH, with what the VM was told at boot as expectations."""
+                workspace: Workspace, host: HostFiles | None = None) -> Outcome:
+    """The role's testinfra suite over SSH, with what the VM was told at boot as expectations. Given the
+    files a CloudStack host sends, the role is first started as a 4.17+ host starts it."""
     folder = workspace.verify
+    name = f"{role}-{'cloudstack' if host else 'kvm'}"
 
     def run_suite(vm: VirtualMachine, boot: RoleBoot, key_file: Path, outcome: Outcome) -> None:
+        ssh_file = ssh_config(folder, vm.name, vm.ssh_port, key_file)
         expectations = {"role": role, "values": boot.values, "control_ip": boot.control_ip,
                         "version": config.cloudstack.version,
                         "management_key": (key_file.parent / f"{key_file.name}.pub").read_text().strip(),
-                        "java_package": config.release.java_package}
+                        "java_package": config.release.java_package, "cloudstack": None}
+        if host is not None:
+            remote = Remote(vm.name, ssh_file, folder / f"{vm.name}-host.log")
+            answer = start_sequence(remote, role, host, config.verify.boot_timeout_s)
+            router_config = router_documents(boot) if role in ROUTER_ROLES else {}
+            send_router_config(remote, router_config, folder / f"{vm.name}-config")
+            outcome.timings.update(remote.timings)
+            outcome.timings["cloudstack_ready_s"] = round(time.monotonic() - vm.started_at, 1)
+            expectations["cloudstack"] = {"version_answer": answer, "scripts_sha512": host.scripts_sha512,
+                                          "router_config": router_config}
         expect_file = folder / f"{vm.name}-expect.json"
         expect_file.write_text(json.dumps(expectations, indent=2))
         junit, report = folder / f"junit-{vm.name}.xml", folder / f"{vm.name}-tests.log"
         started = time.monotonic()
         result = run([sys.executable, "-m", "pytest", str(IMAGE_TESTS), "-p", "no:cacheprovider", "-q",
-                      f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_config(folder, vm.name, vm.ssh_port, key_file)}",
+                      f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_file}",
                       f"--junitxml={junit}", "-o", f"junit_suite_name={vm.name}"],
                      check=False, cwd=ROOT, stdout_path=report,
                      env={"SYSVM_IMAGE_TESTS": "1", "SYSVM_EXPECT": str(expect_file)})
@@ -213,7 +265,7 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str,
         outcome.message = ("all tests passed" if outcome.passed else
                            f"{outcome.tests.get('failed', 0)} tests failed (see {report})")
 
-    return _boot_into_role(config, disk, fmt, artifact, f"{role}-kvm", role, accel, workspace, run_suite)
+    return _boot_into_role(config, disk, fmt, artifact, name, role, accel, workspace, run_suite)
 
 
 def verify_boot_only(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, accel: str,
@@ -270,7 +322,9 @@ def summary_table(outcomes: list[Outcome]) -> str:
 
 
 def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list[str] | None = None,
-           hypervisor: str = "") -> list[Outcome]:
+           hypervisor: str = "", cloudstack: str = "") -> list[Outcome]:
+    """Boot and test; with a CloudStack tree (`cloudstack`, else verify.cloudstack_scripts) the KVM roles are
+    started as a 4.17+ host starts them, with that tree's scripts."""
     tools.require(["verify"])
     roles = list(roles or config.verify.roles)
     for role in roles:
@@ -278,32 +332,33 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
             raise SysvmError(f"--role {role}: not a role of this configuration ({', '.join(config.roles)})")
     if hypervisor and hypervisor not in config.export.hypervisors:
         raise SysvmError(f"--hypervisor {hypervisor}: expected one of {', '.join(config.export.hypervisors)}")
+    tree_path = cloudstack or config.verify.cloudstack_scripts
+    try:
+        tree = locate(tree_path) if tree_path else None
+    except SysvmError as error:
+        raise SysvmError(f"{'--cloudstack' if cloudstack else 'verify.cloudstack_scripts'}: {error}") from error
     workspace.verify.mkdir(parents=True, exist_ok=True)
     with log.stage("verify", workspace.logs):
         accel = accelerator(config.verify.accelerator, workspace.cache)
+        host = host_files(tree, workspace.verify / "host") if tree else None
+        if host:
+            log.say(f"    starting roles as a CloudStack host with {tree.root} (cloud-scripts.tgz sha512 "
+                    f"{host.scripts_sha512[:16]}...)")
         images = workspace.verify / "images"
         images.mkdir(parents=True, exist_ok=True)
+        targets = [(Path(artifact), hypervisor or "kvm")] if artifact else [
+            (workspace.artifacts / artifact_name(config, target), target)
+            for target in ([hypervisor] if hypervisor else config.export.hypervisors)]
         jobs = []
-        if artifact:
-            path = Path(artifact)
+        for path, target in targets:
             if not path.is_file():
-                raise SysvmError(f"--artifact {artifact}: no such file")
+                raise SysvmError(f"--artifact {artifact}: no such file" if artifact else
+                                 f"{path}: artifact not built yet (run invoke build first)")
             disk, fmt = unpack_artifact(path, images)
-            if hypervisor in ("", "kvm"):
-                jobs += [(verify_role, (config, disk, fmt, path, role, accel, workspace)) for role in roles]
+            if target == "kvm":
+                jobs += [(verify_role, (config, disk, fmt, path, role, accel, workspace, host)) for role in roles]
             else:
-                jobs.append((verify_boot_only, (config, disk, fmt, path, hypervisor, accel, workspace)))
-        else:
-            targets = [hypervisor] if hypervisor else list(config.export.hypervisors)
-            for target in targets:
-                path = workspace.artifacts / artifact_name(config, target)
-                if not path.is_file():
-                    raise SysvmError(f"{path}: artifact not built yet (run invoke build first)")
-                disk, fmt = unpack_artifact(path, images)
-                if target == "kvm":
-                    jobs += [(verify_role, (config, disk, fmt, path, role, accel, workspace)) for role in roles]
-                else:
-                    jobs.append((verify_boot_only, (config, disk, fmt, path, target, accel, workspace)))
+                jobs.append((verify_boot_only, (config, disk, fmt, path, target, accel, workspace)))
         log.say(f"    {len(jobs)} boots, {PARALLEL_VMS} at a time ({accel})")
         started = time.monotonic()
         with log.waiting("the verification boots"), ThreadPoolExecutor(max_workers=PARALLEL_VMS) as pool:
@@ -311,7 +366,7 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         junit = write_junit(outcomes, workspace.verify)
         table = summary_table(outcomes)
         summary = {"accelerator": accel, "duration_s": round(time.monotonic() - started, 1),
-                   "outcomes": [o.__dict__ for o in outcomes]}
+                   "cloudstack": str(tree.root) if tree else None, "outcomes": [o.__dict__ for o in outcomes]}
         atomic_write(workspace.verify / "summary.json", json.dumps(summary, indent=2))
         log.say(table)
         log.say(f"    JUnit XML: {junit}")
@@ -319,4 +374,3 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         if failed:
             raise SysvmError(f"verify failed for {', '.join(o.name for o in failed)}: {failed[0].message}")
     return outcomes
-

@@ -15,6 +15,7 @@ from sysvm.errors import SysvmError
 from sysvm.imageinfo import virtual_size
 from sysvm.overlay import FinalImage
 from sysvm.ovf import OVF_NS, VirtualMachine, descriptor
+from sysvm.render import render
 from sysvm.rootfs import Rootfs
 from tests.disks import empty_qcow2
 
@@ -42,7 +43,7 @@ def test_names_follow_the_pattern():
 def test_export_makes_every_artifact_with_checksums_and_report(provisioned, workspace, tmp_path):
     disk, rootfs = provisioned
     cfg = config.load()
-    result = export.export(cfg, disk, rootfs, workspace, {"rootfs": 1.0})
+    result = export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {"rootfs": 1.0})
     folder = workspace.artifacts
     names = {h: export.artifact_name(cfg, h) for h in cfg.export.hypervisors}
     assert {p.name for p in folder.iterdir()} == {*names.values(), "md5sum.txt", "sha512sum.txt",
@@ -74,7 +75,7 @@ def test_export_makes_every_artifact_with_checksums_and_report(provisioned, work
 def test_ova_layout_descriptor_and_manifest(provisioned, workspace):
     disk, rootfs = provisioned
     cfg = config.load(None, ["export.hypervisors=[vmware]"])
-    export.export(cfg, disk, rootfs, workspace, {})
+    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
     ova = workspace.artifacts / export.artifact_name(cfg, "vmware")
     with tarfile.open(ova) as archive:
         members = archive.getmembers()
@@ -110,15 +111,15 @@ def test_descriptor_escapes_names():
 def test_rerun_with_nothing_changed_does_no_work(provisioned, workspace, monkeypatch):
     disk, rootfs = provisioned
     cfg = config.load(None, ["export.hypervisors=[kvm]"])
-    export.export(cfg, disk, rootfs, workspace, {})
+    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
     monkeypatch.setattr(export, "_make_artifact", lambda *a: pytest.fail("export ran again"))
-    export.export(cfg, disk, rootfs, workspace, {})
+    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
 
 
 def test_interrupted_export_leaves_nothing_that_looks_finished(provisioned, workspace, monkeypatch):
     disk, rootfs = provisioned
     cfg = config.load(None, ["export.hypervisors=[kvm, xen]"])
-    export.export(cfg, disk, rootfs, workspace, {})  # an earlier complete set
+    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})  # an earlier complete set
     real = export._make_artifact
 
     def interrupted(config_, hypervisor, image, staging, threads):
@@ -128,7 +129,7 @@ def test_interrupted_export_leaves_nothing_that_looks_finished(provisioned, work
 
     monkeypatch.setattr(export, "_make_artifact", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export.export(cfg, disk, rootfs, workspace, {}, force=True)
+        export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {}, force=True)
     assert list(workspace.artifacts.iterdir()) == []
 
 

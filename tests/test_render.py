@@ -22,10 +22,11 @@ def test_every_release_renders_the_overlay(release, workspace):
     overlay = render(config.load(None, [f"debian.release={release}"]), workspace)
     tree = overlay.tree
     for path in ["etc/ssh/sshd_config", "etc/cloudstack-release", "etc/systemd/system/cloud.service",
-                 "etc/systemd/system/cloud-early-config.service", "usr/local/cloud/systemvm/_run.sh",
+                 "etc/systemd/system/sysvm-setup.service", "etc/systemd/system/sysvm-handover.service", "usr/local/cloud/systemvm/_run.sh",
                  "usr/local/cloud/systemvm/conf/agent.properties", "usr/local/cloud/systemvm/conf/consoleproxy.properties",
                  "usr/local/cloud/systemvm/conf/environment.properties", "etc/logrotate.d/cloud",
-                 "opt/cloud/bin/cloud-early-config", "root/health_checks/dns_check.py", "etc/cron.d/process",
+                 "opt/cloud/bin/sysvm-setup", "opt/cloud/bin/sysvm-handover", "opt/cloud/bin/get_template_version.sh",
+                 "opt/cloud/bin/patched.sh", "root/health_checks/dns_check.py", "etc/cron.d/process",
                  SIGNATURE_PATH, *(f"etc/iptables/iptables-{role}" for role in ROLE_FILES)]:
         assert (tree / path).is_file(), path
     assert (tree / "etc/cloudstack-release").read_text() == "Cloudstack Release 4.20.0\n"

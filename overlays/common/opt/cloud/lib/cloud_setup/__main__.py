@@ -1,4 +1,5 @@
-"""cloud-early-config: learn the role from the hypervisor and configure this system VM for it."""
+"""The two boot steps of a system VM: sysvm-setup (learn the role from the hypervisor and configure this VM
+for it, before the network and sshd) and sysvm-handover (after sshd: hand over to CloudStack's scripts)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import sys
 from pathlib import Path
 
 from cloud_setup.cmdline import Acquisition, detect_hypervisor, parse, run_command, save_json
+from cloud_setup.handover import HOST_WAIT_SECONDS, Handover
 from cloud_setup.paths import Paths
 from cloud_setup.setup import Setup
 
 
-def configure_logging(paths: Paths) -> logging.Logger:
+def configure_logging(paths: Paths, program: str) -> logging.Logger:
     """Every action goes to /var/log/cloud.log and to the console (the journal, at boot)."""
     paths.log.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("cloud_setup")
@@ -20,7 +22,7 @@ def configure_logging(paths: Paths) -> logging.Logger:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    formatter = logging.Formatter("%(asctime)s cloud-early-config %(levelname)s %(message)s")
+    formatter = logging.Formatter("%(asctime)s " + program + " %(levelname)s %(message)s")
     for handler in (logging.FileHandler(paths.log), logging.StreamHandler(sys.stderr)):
         handler.setFormatter(formatter)
         logger.addHandler(handler)
@@ -28,12 +30,14 @@ def configure_logging(paths: Paths) -> logging.Logger:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cloud-early-config", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sysvm-setup", description="configure this system VM for its role")
     parser.add_argument("--root", type=Path, default=Path("/"), help="root of the system to configure")
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the command line")
     args = parser.parse_args(argv)
     paths = Paths(args.root)
-    log = configure_logging(paths)
+    log = configure_logging(paths, parser.prog)
+    if paths.boot_up_done.exists():  # set again at the end of this boot; get_template_version.sh waits for it
+        paths.boot_up_done.unlink()
     hypervisor = detect_hypervisor(paths)
     log.info("hypervisor: %s", hypervisor)
     text = Acquisition(paths, hypervisor, wait_seconds=args.wait).acquire()
@@ -46,6 +50,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("finished: role %s is configured", line.role)
     return 0
+
+
+def handover_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sysvm-handover", description="hand over to CloudStack's scripts")
+    parser.add_argument("--root", type=Path, default=Path("/"), help="root of the system to configure")
+    parser.add_argument("--wait", type=float, default=HOST_WAIT_SECONDS,
+                        help="seconds to wait for the host's cloud-scripts.tgz")
+    args = parser.parse_args(argv)
+    paths = Paths(args.root)
+    configure_logging(paths, parser.prog)
+    line = parse(paths.cmdline.read_text() if paths.cmdline.is_file() else "")
+    handover = Handover(paths, line.role, wait_seconds=args.wait)
+    from_host = handover.wait_for_host_scripts() and handover.unpack_host_scripts()
+    if from_host:
+        # The role's rules file may have come with the scripts: copy it into place as CloudStack's init does.
+        Setup(paths, line, detect_hypervisor(paths), run_command).firewall()
+    handover.finish(from_host)
+    return 0  # a host that sends nothing, or a bad archive, leaves the VM on its own setup: not a failure
 
 
 if __name__ == "__main__":

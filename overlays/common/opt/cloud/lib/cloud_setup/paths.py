@@ -36,3 +36,36 @@ class Paths:
     @property
     def agent_bundle(self) -> Path:
         return self / "usr/local/cloud/systemvm"
+
+    # What a CloudStack host copies in at every start (4.17+), and where CloudStack's scripts keep state.
+    @property
+    def host_scripts(self) -> Path:
+        return self / "var/cache/cloud/cloud-scripts.tgz"
+
+    @property
+    def host_agent_zip(self) -> Path:
+        return self / "var/cache/cloud/agent.zip"
+
+    @property
+    def kept_scripts(self) -> Path:
+        return self / "usr/share/cloud/cloud-scripts.tgz"
+
+    @property
+    def signature(self) -> Path:
+        return self / "var/cache/cloud/cloud-scripts-signature"
+
+    @property
+    def patch_required(self) -> Path:
+        return self / "var/cache/cloud/patch.required"
+
+    @property
+    def boot_up_done(self) -> Path:
+        return self / "var/cache/cloud/boot_up_done"
+
+    @property
+    def bootstrap(self) -> Path:
+        return self / "opt/cloud/bin/setup/bootstrap.sh"
+
+    @property
+    def postinit(self) -> Path:
+        return self / "opt/cloud/bin/setup/postinit.sh"

@@ -17,30 +17,28 @@ class RolePlan:
     iptables_file: str
     services: tuple[str, ...]  # enabled; the rest of MANAGED_SERVICES is disabled
     agent_resource: str  # empty: no CloudStack agent runs in this role
-    canonical_control_nic: int  # the control NIC the rules file is written for
     ip_forward: bool
 
 
 _PLANS = {
     "consoleproxy": RolePlan("consoleproxy", "iptables-consoleproxy", ("cloud",),
-                             "com.cloud.agent.resource.consoleproxy.ConsoleProxyResource", 0, False),
+                             "com.cloud.agent.resource.consoleproxy.ConsoleProxyResource", False),
     "secstorage": RolePlan("secstorage", "iptables-secstorage", ("cloud", "apache2"),
-                           "org.apache.cloudstack.storage.resource.NfsSecondaryStorageResource", 0, False),
-    "router": RolePlan("router", "iptables-router", ("apache2", "dnsmasq", "haproxy"), "", 1, True),
-    "vpcrouter": RolePlan("vpcrouter", "iptables-vpcrouter", ("apache2", "dnsmasq", "haproxy"), "", 0, True),
-    "dhcpsrvr": RolePlan("dhcpsrvr", "iptables-router", ("apache2", "dnsmasq"), "", 1, False),
-    "ilbvm": RolePlan("ilbvm", "iptables-router", ("haproxy",), "", 1, True),
-    "elbvm": RolePlan("elbvm", "iptables-router", ("haproxy",), "", 1, True),
+                           "org.apache.cloudstack.storage.resource.NfsSecondaryStorageResource", False),
+    "router": RolePlan("router", "iptables-router", ("apache2", "dnsmasq", "haproxy"), "", True),
+    "vpcrouter": RolePlan("vpcrouter", "iptables-vpcrouter", ("apache2", "dnsmasq", "haproxy"), "", True),
+    "dhcpsrvr": RolePlan("dhcpsrvr", "iptables-router", ("apache2", "dnsmasq"), "", False),
+    "ilbvm": RolePlan("ilbvm", "iptables-router", ("haproxy",), "", True),
+    "elbvm": RolePlan("elbvm", "iptables-router", ("haproxy",), "", True),
 }
-DEFAULT_PLAN = RolePlan("default", "iptables-default", (), "", 0, False)
+DEFAULT_PLAN = RolePlan("default", "iptables-default", (), "", False)
 
 
 def plan_for(line: CommandLine) -> RolePlan:
     plan = _PLANS.get(line.role, DEFAULT_PLAN)
     if plan.role in ("router", "vpcrouter") and line.flag("redundant_router"):
         services = tuple(s for s in plan.services if s != "dnsmasq") + ("keepalived", "conntrackd")
-        return RolePlan(plan.role, plan.iptables_file, services, plan.agent_resource,
-                        plan.canonical_control_nic, plan.ip_forward)
+        return RolePlan(plan.role, plan.iptables_file, services, plan.agent_resource, plan.ip_forward)
     return plan
 
 

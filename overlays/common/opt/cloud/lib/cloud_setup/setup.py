@@ -18,8 +18,7 @@ from cloud_setup.roles import MANAGED_SERVICES, RolePlan, control_nic, plan_for
 
 log = logging.getLogger("cloud_setup")
 
-HEADER = "# Written at boot by cloud-early-config from the CloudStack command line; edits are overwritten.\n"
-SSH_PORT = 3922
+HEADER = "# Written at boot by sysvm-setup from the CloudStack command line; edits are overwritten.\n"
 
 
 @dataclass
@@ -126,13 +125,14 @@ class Setup:
         self._write("etc/resolv.conf", HEADER + search + "".join(f"nameserver {s}\n" for s in servers[:3]))
 
     def sshd(self) -> None:
+        """Only the listening address: the port is sshd_config's (a second Port line binds it twice)."""
         control = self.control
         if control is None:
             log.error("no valid address for control NIC eth%d: sshd listens on every address",
                       self.control_index)
-            content = f"{HEADER}Port {SSH_PORT}\n"
+            content = HEADER
         else:
-            content = f"{HEADER}Port {SSH_PORT}\nListenAddress {control.address}\n"
+            content = f"{HEADER}ListenAddress {control.address}\n"
         self._write("etc/ssh/sshd_config.d/10-cloudstack-control.conf", content)
 
     def authorized_key(self) -> None:
@@ -152,9 +152,7 @@ class Setup:
         if not source.is_file():
             log.error("firewall rules %s are missing; leaving the firewall as it is", source)
             return
-        rules = source.read_text()
-        if self.control_index != self.plan.canonical_control_nic:
-            rules = _swap_interfaces(rules, self.control_index, self.plan.canonical_control_nic)
+        rules = _ssh_on_control_nic(source.read_text(), self.control_index)
         self._write("etc/iptables/rules.v4", rules)
         if self.plan.ip_forward:
             self._write("etc/sysctl.d/60-cloudstack-forwarding.conf", "net.ipv4.ip_forward = 1\n")
@@ -206,7 +204,7 @@ class Setup:
             log.info("set root's password from vmpassword")
 
 
-def _swap_interfaces(rules: str, actual: int, canonical: int) -> str:
-    """Rules are written for the canonical control NIC; swap the two NIC names when the hypervisor differs."""
-    mapping = {f"eth{canonical}": f"eth{actual}", f"eth{actual}": f"eth{canonical}"}
-    return re.sub(r"\beth\d+\b", lambda m: mapping.get(m.group(0), m.group(0)), rules)
+def _ssh_on_control_nic(rules: str, control: int) -> str:
+    """As CloudStack's setup does: the rule for 3922 names the control NIC, whatever the file says."""
+    return "\n".join(re.sub(r"\beth\d+\b", f"eth{control}", line, count=1) if "3922" in line else line
+                     for line in rules.split("\n"))
