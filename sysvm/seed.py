@@ -4,7 +4,9 @@ Same options, same layout (template/tmpl/1/<id>/<uuid>.<ext>), same template.pro
 upstream: the download is checked against a checksum before anything is touched, the virtual size is
 read from the image header for every format (upstream writes the file size for vhd and ova), the
 template folder appears by one rename, and the database row changes only after the files are in place.
-A failure leaves the destination and the database as they were.
+A failure, an exception of any kind or SIGINT/SIGTERM/SIGHUP leaves the destination and the database as
+they were; a run killed outright (SIGKILL, power loss) leaves a journal that the next run on the same
+mount uses to put things back (docs/seeding.md, "Interrupted runs").
 
 Exit codes (as in current CloudStack releases): 0 on success and after --help; 4 for insufficient free
 space; 2 for every other failure. Older releases used 3, 5, 6, 7, 8 and 9 for particular failures.
@@ -14,19 +16,25 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import fcntl
 import gzip
 import hashlib
+import json
 import os
 import re
 import shutil
+import signal
+import socket
 import sys
 import tarfile
+import threading
+import time
 import urllib.request
 import uuid
 import zipfile
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -43,6 +51,12 @@ EXTENSIONS = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova", "hyperv": "vh
 HYPERVISOR_TYPES = {"kvm": "KVM", "xenserver": "XenServer", "vmware": "VMware", "hyperv": "Hyperv",
                     "ovm3": "Ovm3", "lxc": "LXC"}
 CHUNK = 1 << 20
+# Names in template/tmpl/1/ besides the <id> folders; all hidden, all gone after a run that completes.
+LOCK_NAME = ".sysvm-seed.lock"
+STAGING = re.compile(r"\.(\d+)\.seeding-(\d+)(\.journal\.partial)?")
+JOURNAL = re.compile(r"\.(\d+)\.seeding-(\d+)\.journal")
+REPLACED = re.compile(r"\.(\d+)\.replaced-(\d+)")
+PAUSE_ENV = "SYSVM_SEED_PAUSE_AT"
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,10 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument("-r", dest="db_user", metavar="USER", help="database user")
     options.add_argument("-d", dest="db_password", metavar="PASSWORD", help="database password")
     options.add_argument("-p", dest="db_port", metavar="PORT", type=int, help="database port")
-    options.add_argument("-s", dest="secret_key", metavar="KEY", help="management server secret key")
+    options.add_argument("-s", dest="secret_key", metavar="KEY",
+                         help="accepted for compatibility, not used: cloud-install-sys-tmplt decrypts an ENC(...) "
+                              "db.cloud.password in db.properties with this management server key; sysvm-seed "
+                              "does not decrypt and stops with an error asking for the plain password with -d")
     options.add_argument("--checksum", metavar="HEX", help="MD5 or SHA-512 of the file, verified before installing")
     options.add_argument("--db-properties", type=Path, default=DB_PROPERTIES, help=f"default: {DB_PROPERTIES}")
     options.add_argument("--help", action="store_true", help="show this text and exit 0")
@@ -93,20 +110,29 @@ def database_settings(args: argparse.Namespace) -> Database | None:
     """Connection settings from the options, else db.properties, else upstream's defaults; None if nothing says
     there is a database and a template id was given."""
     properties = read_properties(args.db_properties) if args.db_properties.is_file() else {}
+    encryption = properties.get("db.cloud.encryption.type", "none")
+    stored = properties.get("db.cloud.password", "")
+    if args.db_password is None and (encryption in ("file", "web") or stored.startswith("ENC(")):
+        # Decrypting needs DES (Jasypt's PBEWithMD5AndDES, encryptor V1) or AES-256-GCM (Tink, V2, the
+        # default since CloudStack 4.18), neither in Python's standard library; upstream's script shells
+        # out to Java and only knows V1. So: one clear error instead of a wrong password.
+        raise SysvmError(f"{args.db_properties}: db.cloud.password is encrypted (db.cloud.encryption.type="
+                         f"{encryption}); sysvm-seed does not decrypt it, with or without -s: pass the plain "
+                         "password with -d")
+    if args.secret_key is not None:
+        _note("-s is accepted for compatibility and not used (sysvm-seed never decrypts db.properties; "
+              "the password comes from -d or a plain db.cloud.password)")
     given = any(v is not None for v in (args.db_host, args.db_user, args.db_password, args.db_port))
     if args.template_id is not None and not given and not properties:
         return None
-    password = args.db_password
-    if password is None:
-        encryption = properties.get("db.cloud.encryption.type", "none")
-        stored = properties.get("db.cloud.password", "")
-        if encryption in ("file", "web") or stored.startswith("ENC("):
-            raise SysvmError(f"{args.db_properties}: db.cloud.password is encrypted (db.cloud.encryption.type="
-                             f"{encryption}); sysvm does not decrypt it: pass the database password with -d")
-        password = stored
+    password = args.db_password if args.db_password is not None else stored
     port = args.db_port or int(properties.get("db.cloud.port", "3306") or 3306)
     return Database(args.db_host or properties.get("db.cloud.host", "localhost"), port,
                     args.db_user or properties.get("db.cloud.username", "root"), password)
+
+
+def _note(message: str) -> None:
+    print(f"sysvm-seed: {message}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- database
@@ -141,6 +167,18 @@ def template_id_from_database(database: Database, hypervisor: str) -> int:
     if not row or row[0] is None:
         raise SysvmError(f"Unable to get template Id from database: no SYSTEM template for {HYPERVISOR_TYPES[hypervisor]}")
     return int(row[0])
+
+
+def template_row_uuid(database: Database, template_id: int) -> str | None:
+    import pymysql
+
+    with connect(database) as connection, connection.cursor() as cursor:  # type: ignore[attr-defined]
+        try:
+            cursor.execute("SELECT uuid FROM vm_template WHERE id = %s", (template_id,))
+        except pymysql.MySQLError as error:
+            raise SysvmError(f"cannot read cloud.vm_template id {template_id}: {error.args[-1]}") from error
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def update_template_row(database: Database, template_id: int, template_uuid: str, url: str) -> None:
@@ -198,6 +236,9 @@ def _compression(path: Path) -> str:
 
 def _copy_stream(source: BinaryIO, target: Path) -> None:
     with target.open("wb") as out:
+        block = source.read(CHUNK)
+        out.write(block)
+        _pause_point("copy")
         shutil.copyfileobj(source, out, CHUNK)
 
 
@@ -281,7 +322,290 @@ def stage_template(source: Path, staging: Path, extension: str, template_id: int
     return template_uuid
 
 
+# ------------------------------------------------------------------------------------------------ signals
+
+
+class Interrupted(BaseException):
+    """A stop signal during an install. A BaseException, like KeyboardInterrupt, so that no `except Exception`
+    between the signal and install() swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted for the duration of an install; the caller's handlers come
+    back afterwards. Without this SIGTERM's default action would end the process on the spot, between two
+    renames as well as anywhere else.
+
+    Inside holding() a signal is only recorded: it takes effect where check() is called, between two steps of
+    the hand-over, so that none lands between a rename and the flag that records it, or inside a rollback.
+    A signal that nohup or the caller set to be ignored stays ignored. Outside the main thread (where Python
+    cannot set handlers) the caller's handling stands; rollbacks still run, from `except BaseException`."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.held = False
+        self.received: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.held:
+            self.received.append(signum)
+        else:
+            raise Interrupted(signum)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                for signum in self.SIGNALS:
+                    if signal.getsignal(signum) != signal.SIG_IGN:
+                        self._previous[signum] = signal.signal(signum, self._handle)
+            except BaseException:
+                self._restore()
+                raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        before, self.held = self.held, True
+        try:
+            yield
+        finally:
+            self.held = before
+
+    def check(self) -> None:
+        if self.received:
+            raise Interrupted(self.received[0])
+
+
+def _pause_point(step: str) -> None:
+    """Test hook for the fault table (tests/test_seed_faults.py); inert unless SYSVM_SEED_PAUSE_AT=<step>:<marker>
+    names this step. Two renames follow each other within microseconds and no slow input can stretch the gap,
+    so a test can put a signal there deterministically only if the process waits there: it creates the marker
+    file and waits until the test removes it (at most 5 minutes). Steps: copy (first MiB of the image
+    written), moved-aside (old folder set aside, new one not yet in place), installed (new folder in place,
+    row not updated), updating (just before the row update), committed (row updated, old folder not removed)."""
+    wanted, _, marker = os.environ.get(PAUSE_ENV, "").partition(":")
+    if wanted != step or not marker:
+        return
+    Path(marker).touch()
+    deadline = time.monotonic() + 300
+    while os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 # ------------------------------------------------------------------------------------------------ install
+
+
+def _fsync_dir(path: Path) -> None:
+    # Best effort: makes a rename durable across a power cut; not every filesystem can fsync a directory.
+    with suppress(OSError):
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _rename(source: Path, target: Path) -> None:
+    os.replace(source, target)
+    _fsync_dir(target.parent)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush the staged files before they become the template: a power cut after the rename must not leave
+    an installed template with empty files."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+@contextmanager
+def locked(templates: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the mount's template folder for the run, so that recovery never takes a
+    running install's folders for an interrupted one's. A second run waits for the first (upstream's script
+    has no lock, and scripts that seed several hypervisors at once keep working). The kernel drops a flock
+    when its process dies, SIGKILL included, and Linux NFS clients map flock onto NFS byte-range locks. The
+    lock file is removed on the way out; comparing inodes after locking keeps that free of races with a run
+    that opened it earlier."""
+    path = templates / LOCK_NAME
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _note(f"waiting for another sysvm-seed run on {templates} to finish (it holds {path})")
+                fcntl.flock(descriptor, fcntl.LOCK_EX)  # a stop signal raises out of the wait
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            opened = os.fstat(descriptor)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            break
+        os.close(descriptor)  # the previous holder removed the file after we opened it: lock the new one
+    try:
+        yield
+    finally:
+        with suppress(OSError):  # a mount gone read-only keeps the file; the next run locks it as usual
+            path.unlink()
+        os.close(descriptor)
+
+
+def _write_journal(path: Path, entry: dict[str, object]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("w") as handle:
+            json.dump(entry, handle, indent=1)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        _rename(partial, path)
+    except BaseException:
+        with suppress(OSError):
+            partial.unlink()
+        raise
+
+
+def _recover_journal(templates: Path, journal: Path, database: Database | None) -> str:
+    """Finish one interrupted hand-over as its journal describes it: keep the new template if the run got past
+    its point of no return (files in place and, with a database, the row naming them), else put the old one
+    back. Every step leaves a state this function handles again, so it can itself be killed and rerun."""
+    try:
+        entry = json.loads(journal.read_text())
+        template_id, new_uuid, filename = int(entry["template_id"]), str(entry["uuid"]), str(entry["filename"])
+        staging_name, replaced_name, uses_database = entry["staging"], entry["replaced"], bool(entry["database"])
+        if not STAGING.fullmatch(staging_name) or (replaced_name and not REPLACED.fullmatch(replaced_name)) \
+                or "/" in filename:
+            raise ValueError("unexpected names")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SysvmError(f"{journal}: unreadable journal of an interrupted sysvm-seed run ({error}); "
+                         "compare it with the folders beside it, then remove it") from error
+    destination, staging = templates / str(template_id), templates / staging_name
+    replaced = templates / replaced_name if replaced_name else None
+    committed = new_in_place = (destination / filename).is_file()
+    if new_in_place and uses_database:
+        if database is None:
+            raise SysvmError(f"{journal}: an interrupted run left this journal; whether it updated the database "
+                             "row decides what to keep: run sysvm-seed again with the database settings (-o -r -d "
+                             "-p or db.properties)")
+        committed = template_row_uuid(database, template_id) == new_uuid
+    if committed:
+        if replaced is not None:
+            remove_tree(replaced)
+        outcome = f"kept the template it installed in {destination}"
+    else:
+        remove_tree(staging)
+        if new_in_place:
+            _rename(destination, staging)  # the unfinished template goes back to its staging name, removed below
+        if replaced is not None and replaced.exists():
+            if destination.exists():
+                raise SysvmError(f"{journal}: both {destination} and {replaced} exist and the interrupted run "
+                                 f"did not finish: keep one of them as {destination}, then remove the journal")
+            _rename(replaced, destination)
+            outcome = f"restored {destination} from {replaced.name}"
+        else:
+            outcome = f"{destination} is as it was before that run"
+    remove_tree(staging)
+    journal.unlink()
+    _fsync_dir(templates)
+    return f"recovered from an interrupted run (pid {entry.get('pid')}): {outcome}"
+
+
+def recover(templates: Path, database: Database | None) -> list[str]:
+    """Clean up after runs that were killed (SIGKILL, power cut) in the mount's template folder; one line per
+    action. Called with the lock held, so nothing found here belongs to a run still going on."""
+    done = [_recover_journal(templates, journal, database)
+            for journal in sorted(templates.iterdir()) if JOURNAL.fullmatch(journal.name)]
+    for leftover in sorted(templates.iterdir()):
+        if STAGING.fullmatch(leftover.name):
+            remove_tree(leftover)
+            done.append(f"recovered from an interrupted run: removed its staging folder {leftover.name}")
+        elif match := REPLACED.fullmatch(leftover.name):
+            # Without a journal (sysvm before journals): only the case with nothing in place is clear-cut.
+            destination = templates / match[1]
+            if destination.exists():
+                done.append(f"left {leftover} alone: no journal says whether it or {destination} is current")
+            else:
+                _rename(leftover, destination)
+                done.append(f"recovered from an interrupted run: restored {destination} from {leftover.name}")
+    return done
+
+
+def _roll_back(destination: Path, staging: Path, old: Path, journal: Path, moved: bool, installed: bool,
+               cause: BaseException) -> None:
+    try:
+        if installed:
+            _rename(destination, staging)  # the new template back to its staging name; the caller removes it
+        if moved:
+            _rename(old, destination)
+        journal.unlink(missing_ok=True)
+    except OSError as error:
+        raise SysvmError(f"{str(cause) or type(cause).__name__}; putting the old template back into {destination} "
+                         f"failed too ({error.strerror}): it is kept as {old} with the journal {journal.name}, and "
+                         "the next sysvm-seed run on this mount restores it") from error
+
+
+def _hand_over(stops: StopSignals, staging: Path, destination: Path, template_id: int, filename: str,
+               database: Database | None, url: str) -> None:
+    """Swap the staged folder in for the destination, then update the row; undo everything on any failure.
+
+    A journal beside the folders states the plan before the first rename, so that a run killed anywhere in
+    here is finished or undone by the next one (recover). Stop signals are held throughout and take effect
+    only at the checks; from the row update on they no longer stop the run (the point of no return)."""
+    templates = destination.parent
+    old = templates / f".{template_id}.replaced-{os.getpid()}"
+    journal = staging.with_name(staging.name + ".journal")
+    template_uuid = filename.rsplit(".", 1)[0]
+    moved = installed = committed = False
+    with stops.holding():
+        stops.check()
+        _write_journal(journal, {
+            "template_id": template_id, "uuid": template_uuid, "filename": filename, "staging": staging.name,
+            "replaced": old.name if destination.exists() else None, "database": database is not None,
+            "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        try:
+            if destination.exists():
+                _rename(destination, old)
+                moved = True
+            _pause_point("moved-aside")
+            stops.check()
+            _rename(staging, destination)
+            installed = True
+            _pause_point("installed")
+            stops.check()
+            _pause_point("updating")
+            if database is not None:
+                update_template_row(database, template_id, template_uuid, url)
+            committed = True
+            _pause_point("committed")
+        except BaseException as error:
+            if not committed:
+                _roll_back(destination, staging, old, journal, moved, installed, error)
+            raise
+        try:
+            remove_tree(old)
+            journal.unlink()
+        except OSError as error:
+            _note(f"installed, but {old.name} or {journal.name} could not be removed ({error.strerror}); the next "
+                  "run removes them")
 
 
 def install(args: argparse.Namespace) -> str:
@@ -300,56 +624,68 @@ def install(args: argparse.Namespace) -> str:
     if extension not in ("qcow2", "vhd", "ova", "raw", "vmdk"):
         raise SysvmError(f"-e {extension}: unknown extension (expected qcow2, vhd, ova, raw or vmdk)")
 
-    database = database_settings(args)
-    template_id = args.template_id
-    if template_id is None:
-        assert database is not None
-        template_id = template_id_from_database(database, hypervisor)
+    with StopSignals() as stops, ExitStack() as lock:
+        database = database_settings(args)
+        template_id = args.template_id
+        if template_id is None:
+            assert database is not None
+            template_id = template_id_from_database(database, hypervisor)
 
-    templates = mount / "template/tmpl/1"
-    destination = templates / str(template_id)
-    if destination.is_dir() and any(destination.iterdir()) and not args.force:
-        raise SysvmError(f"Data already exists at destination {destination} -- use -F to force cleanup of old "
-                         "template (when upgrading, give the template id with -t)")
-    available = free_kb(templates)
-    if available < REQUIRED_FREE_KB:
-        raise SysvmError(f"Insufficient free disk space for target folder {templates}: avail={available}k "
-                         f"req={REQUIRED_FREE_KB}k", EXIT_NO_SPACE)
-    try:
-        templates.mkdir(parents=True, exist_ok=True)
-        staging = Path(os.path.join(templates, f".{template_id}.seeding-{os.getpid()}"))
-        staging.mkdir()
-    except OSError as error:
-        raise SysvmError(f"Failed to write to mount point {mount} -- is it mounted read-write? ({error.strerror})") from error
+        templates = mount / "template/tmpl/1"
+        destination = templates / str(template_id)
+        read_write = f"Failed to write to mount point {mount} -- is it mounted read-write?"
 
-    old = templates / f".{template_id}.replaced-{os.getpid()}"
-    moved_old = False
-    try:
-        if source is None:
-            source = staging / ".download"
-            download(args.url, source)
-        verify_checksum(source, args.checksum)
-        template_uuid = stage_template(source, staging, extension, template_id)
-        (staging / ".download").unlink(missing_ok=True)
-        if destination.exists():
-            os.replace(destination, old)
-            moved_old = True
-        os.replace(staging, destination)
+        def check_space() -> None:
+            available = free_kb(templates)
+            if available < REQUIRED_FREE_KB:
+                raise SysvmError(f"Insufficient free disk space for target folder {templates}: "
+                                 f"avail={available}k req={REQUIRED_FREE_KB}k", EXIT_NO_SPACE)
+
+        # Lock, finish what a killed run left, and only then look at the destination: a run that waited for
+        # the lock sees what the run before it installed.
         try:
-            if database is not None:
-                update_template_row(database, template_id, template_uuid, args.url or "")
-        except SysvmError:
-            remove_tree(destination)
-            if moved_old:
-                os.replace(old, destination)
-                moved_old = False
-            raise
-    except OSError as error:
-        raise SysvmError(f"Failed to install system vm template to {destination}: {error}") from error
-    finally:
-        remove_tree(staging)
-        if moved_old:
-            remove_tree(old)
+            if not templates.is_dir():
+                check_space()  # before creating anything on a mount that cannot take the template anyway
+                templates.mkdir(parents=True, exist_ok=True)
+            lock.enter_context(locked(templates))
+            with stops.holding():
+                for line in recover(templates, database):
+                    _note(line)
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            raise SysvmError(f"{read_write} ({error.strerror}{where})") from error
+        stops.check()
+        if destination.is_dir() and any(destination.iterdir()) and not args.force:
+            raise SysvmError(f"Data already exists at destination {destination} -- use -F to force cleanup of old "
+                             "template (when upgrading, give the template id with -t)")
+        check_space()
+        staging = templates / f".{template_id}.seeding-{os.getpid()}"
+        try:
+            staging.mkdir()
+        except OSError as error:
+            raise SysvmError(f"{read_write} ({error.strerror})") from error
+
+        try:
+            if source is None:
+                source = staging / ".download"
+                download(args.url, source)
+            verify_checksum(source, args.checksum)
+            template_uuid = stage_template(source, staging, extension, template_id)
+            (staging / ".download").unlink(missing_ok=True)
+            _fsync_tree(staging)
+            _hand_over(stops, staging, destination, template_id, f"{template_uuid}.{extension}", database,
+                       args.url or "")
+        except OSError as error:
+            raise SysvmError(f"Failed to install system vm template to {destination}: {error}") from error
+        finally:
+            with stops.holding():  # a second Ctrl-C must not cut the clean-up short
+                try:
+                    remove_tree(staging)
+                except OSError as error:  # e.g. the mount went read-only: the error above is the one to show
+                    _note(f"could not remove {staging} ({error.strerror}); the next run removes it")
+        for signum in stops.received:
+            _note(f"{signal.Signals(signum).name} arrived once the database row was being updated (the point "
+                  "of no return); the installation was completed first")
     return f"Successfully installed system VM template {args.file or args.url} to {destination}"
 
 
@@ -368,8 +704,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sysvm-seed: {error}", file=sys.stderr)
         print("Installation failed", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("sysvm-seed: interrupted; the destination was left as it was", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as error:
+        print(f"sysvm-seed: {str(error) or 'interrupted'}: nothing was installed, the destination and the "
+              "database row are as they were", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pymysql
@@ -25,6 +27,9 @@ CREATE TABLE vm_template (
 )
 """
 USER, PASSWORD = "cloud", "cloud-secret"
+# (id, type, hypervisor_type, removed): one SYSTEM template per hypervisor, a USER one and a removed one.
+ROWS = [(2, "SYSTEM", "XenServer", None), (3, "SYSTEM", "KVM", None), (4, "USER", "KVM", None),
+        (5, "SYSTEM", "VMware", None), (6, "SYSTEM", "Hyperv", None), (8, "SYSTEM", "KVM", "2024-01-01")]
 
 
 def _free_port() -> int:
@@ -69,3 +74,33 @@ def mariadb_server(folder: Path) -> Iterator[dict[str, object]]:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+_shared: dict[str, object] = {}
+_shared_stack = ExitStack()
+
+
+def shared_server() -> dict[str, object]:
+    """One server for the whole test process, started by the first test module that asks and stopped (its
+    folder removed) when Python exits: each seeding test module would otherwise start its own."""
+    if not _shared:
+        folder = Path(tempfile.mkdtemp(prefix="sysvm-mariadb-"))
+        atexit.register(_shared_stack.close)
+        _shared_stack.callback(shutil.rmtree, folder, True)
+        _shared.update(_shared_stack.enter_context(mariadb_server(folder)))
+    return _shared
+
+
+def cloud_connection(server: dict[str, object]) -> pymysql.connections.Connection:
+    return pymysql.connect(host=server["host"], port=server["port"], user=server["user"],  # type: ignore[arg-type]
+                           password=server["password"], database="cloud", autocommit=True)
+
+
+def reset_templates(connection: pymysql.connections.Connection) -> None:
+    """vm_template as ROWS says, no uuid or url yet, and no trigger left over by a test."""
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER IF EXISTS refuse_update")
+        cursor.execute("DELETE FROM vm_template")
+        for id_, kind, hypervisor, removed in ROWS:
+            cursor.execute("INSERT INTO vm_template (id, unique_name, name, type, hypervisor_type, removed) "
+                           "VALUES (%s, %s, %s, %s, %s, %s)", (id_, f"t{id_}", f"t{id_}", kind, hypervisor, removed))
