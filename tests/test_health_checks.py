@@ -1,251 +1,445 @@
-"""Router health checks and their runner, run as processes against fixture files and injected commands."""
+"""Router health checks and their runner, fed the management server's data and read back as CloudStack reads it.
+
+The checks and the runner run as processes, with files and commands replaced through HC_* variables.
+The data comes from tests/fixtures/cloudstack_health.py (the management server's strings, CsMonitor's
+document); CloudStack's own parser, fetch script and file editor, imported or run from the CloudStack
+tree beside this repository (../shared/cloudstack, or $SYSVM_CLOUDSTACK_SOURCE), prove it is their shape.
+This module runs on the host and inside the Debian release chroots (tests/test_inimage_python.py), so it
+keeps to what Python 3.9 and the oldest pytest there offer, and imports nothing from the builder.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cloudstack_health import (
+    VM,
+    LoadBalancer,
+    Network,
+    PortForward,
+    data_document,
+    dhcp_hosts_line,
+    dnat_lines,
+    haproxy_config,
+    hosts_line,
+    monitor_conf,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ROOT / "overlays/router/root/health_checks"
 RUNNER = ROOT / "overlays/router/root/monitorServices.py"
-BASIC = ["cpu_usage_check.py", "disk_space_check.py", "memory_usage_check.py", "gateways_check.py",
+CLOUDSTACK = Path(os.environ.get("SYSVM_CLOUDSTACK_SOURCE") or ROOT.parent / "shared" / "cloudstack")
+BASIC = ["cpu_usage_check.py", "disk_space_check.py", "gateways_check.py", "memory_usage_check.py",
          "router_version_check.py"]
 ADVANCED = ["dhcp_check.py", "dns_check.py", "haproxy_check.py", "iptables_check.py"]
+SIGNATURE = "5d0b4c3e3c0e1f4b8c6f3a2e9d7a1b2c"
+RELEASE = "Cloudstack Release 4.20.0 2025-01-01"
 
-HAPROXY = """global
-    maxconn 4096
-    daemon
+VM1 = VM("vm-1", "02:00:4c:5f:00:01", "10.1.1.5")
+VM2 = VM("vm-2", "02:00:4c:5f:00:02", "10.1.1.6")
+FORWARD = PortForward("192.168.1.30", (2222, 2222), "10.1.1.5", (22, 22))
+RANGE = PortForward("192.168.1.30", (8000, 8010), "10.1.1.6", (9000, 9010))
+BALANCER = LoadBalancer("192.168.1.30", 80, 8080, ["10.1.1.5", "10.1.1.6"])
 
-defaults
-    mode tcp
 
-listen 192.168.1.30-80
-    bind 192.168.1.30:80
-    balance roundrobin
-    server vm1 10.1.1.5:80 check
-    server vm2 10.1.1.6:80 check
-"""
-IPTABLES_NAT = """*nat
-:PREROUTING ACCEPT [0:0]
--A PREROUTING -d 192.168.1.30/32 -i eth2 -p tcp -m tcp --dport 2222 -j DNAT --to-destination 10.1.1.5:22
-COMMIT
-"""
+def consistent_network() -> Network:
+    return Network(vms=[VM1, VM2], gateways=["10.1.1.1", "192.168.1.1"], forwards=[FORWARD, RANGE],
+                   balancers=[BALANCER], min_disk_mb=1, max_cpu=95, max_memory=95,
+                   template_version=RELEASE, scripts_version=SIGNATURE)
+
+
+class Router:
+    """A router's files and commands as the checks see them, consistent with the data it was given."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.network = consistent_network()
+        self.files = {
+            "stat": "cpu  100 0 100 800 0 0 0 0 0 0\n",
+            "stat.later": "cpu  110 0 110 980 0 0 0 0 0 0\n",  # 20 busy of 200 ticks: 10%
+            "meminfo": "MemTotal: 1000000 kB\nMemFree: 500000 kB\nMemAvailable: 600000 kB\n",  # 40% in use
+            "cloudstack-release": RELEASE + "\n",
+            "cloud-scripts-signature": SIGNATURE + "\n",
+            # vm-2's NIC on this network is not its default one: dnsmasq tags its line.
+            "dhcphosts.txt": dhcp_hosts_line(VM1) + "\n" + dhcp_hosts_line(VM2, default_nic=False) + "\n",
+            "hosts": "127.0.0.1\tlocalhost\n" + hosts_line(VM1) + "\n" + hosts_line(VM2) + "\n",
+            "haproxy.cfg": haproxy_config([BALANCER]),
+            "nat.rules": "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                         + "".join(line + "\n" for f in (FORWARD, RANGE) for line in dnat_lines(f)) + "COMMIT\n",
+        }
+        for name, text in self.files.items():
+            (folder / name).write_text(text)
+        self.set_data()
+        self.env = {
+            **os.environ,
+            "HC_DATA": str(folder / "data.json"),
+            "HC_PROC_STAT_PATH": str(folder / "stat"),
+            "HC_PROC_STAT_LATER_PATH": str(folder / "stat.later"),
+            "HC_MEMINFO_PATH": str(folder / "meminfo"),
+            "HC_CPU_SAMPLE_S": "0",
+            "HC_DISK_PATH": str(folder),
+            "HC_RELEASE_FILE": str(folder / "cloudstack-release"),
+            "HC_SIGNATURE_FILE": str(folder / "cloud-scripts-signature"),
+            "HC_DHCP_HOSTS": str(folder / "dhcphosts.txt"),
+            "HC_HOSTS": str(folder / "hosts"),
+            "HC_HAPROXY_CFG": str(folder / "haproxy.cfg"),
+            "HC_PING": "true",
+            "HC_IPTABLES_SAVE": f"cat {folder / 'nat.rules'}",
+        }
+
+    def set_data(self, **document: object) -> None:
+        (self.folder / "data.json").write_text(data_document(self.network, **document))
+
+    def edit(self, name: str, old: str, new: str) -> None:
+        path = self.folder / name
+        text = path.read_text()
+        assert old and old in text, f"{old!r} not in {name}"
+        path.write_text(text.replace(old, new))
+
+    def check(self, name: str) -> subprocess.CompletedProcess[str]:
+        kind = "basic" if name in BASIC else "advanced"
+        return subprocess.run([str(CHECKS / name), kind], capture_output=True, text=True, env=self.env, timeout=60)
 
 
 @pytest.fixture
-def router(tmp_path) -> tuple[dict[str, str], dict]:
-    """A passing router: files and commands as the checks see them, plus the data that matches them."""
-    (tmp_path / "stat").write_text("cpu  100 0 100 800 0 0 0 0 0 0\n")
-    (tmp_path / "stat.later").write_text("cpu  110 0 110 980 0 0 0 0 0 0\n")
-    (tmp_path / "meminfo").write_text("MemTotal: 1000000 kB\nMemFree: 500000 kB\nMemAvailable: 600000 kB\n")
-    (tmp_path / "release").write_text("Cloudstack Release 4.20.0 2025-01-01\n")
-    (tmp_path / "signature").write_text("0123abcd\n")
-    (tmp_path / "dhcphosts.txt").write_text("02:00:4c:5f:00:01,10.1.1.5,vm-1,infinite\n02:00:4c:5f:00:02,10.1.1.6,vm-2,infinite\n")
-    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n10.1.1.5 vm-1\n10.1.1.6 vm-2\n")
-    (tmp_path / "haproxy.cfg").write_text(HAPROXY)
-    (tmp_path / "nat.rules").write_text(IPTABLES_NAT)
-    data = {
-        "thresholds": {"min_free_disk_mb": 1, "max_cpu_percent": 95, "max_memory_percent": 95},
-        "gateways": ["10.1.1.1", "192.168.1.1"],
-        "router_version": {"template_version": "4.20.0", "scripts_signature": "0123abcd"},
-        "dhcp_entries": [{"mac": "02:00:4c:5f:00:01", "ip": "10.1.1.5", "hostname": "vm-1"},
-                         {"mac": "02:00:4c:5f:00:02", "ip": "10.1.1.6", "hostname": "vm-2"}],
-        "dns_entries": [{"ip": "10.1.1.5", "hostname": "vm-1"}, {"ip": "10.1.1.6", "hostname": "vm-2"}],
-        "load_balancer_rules": [{"public_ip": "192.168.1.30", "public_port": 80,
-                                 "backends": ["10.1.1.5:80", "10.1.1.6:80"], "max_connections": 4096}],
-        "port_forwarding_rules": [{"public_ip": "192.168.1.30", "public_port": 2222, "protocol": "tcp",
-                                   "private_ip": "10.1.1.5", "private_port": 22}],
-    }
-    (tmp_path / "data.json").write_text(json.dumps(data))
-    env = {
-        **os.environ,
-        "HC_DATA": str(tmp_path / "data.json"),
-        "HC_PROC_STAT_PATH": str(tmp_path / "stat"),
-        "HC_PROC_STAT_LATER_PATH": str(tmp_path / "stat.later"),
-        "HC_MEMINFO_PATH": str(tmp_path / "meminfo"),
-        "HC_CPU_SAMPLE_S": "0",
-        "HC_DISK_PATH": str(tmp_path),
-        "HC_RELEASE_FILE": str(tmp_path / "release"),
-        "HC_SIGNATURE_FILE": str(tmp_path / "signature"),
-        "HC_DHCP_HOSTS": str(tmp_path / "dhcphosts.txt"),
-        "HC_HOSTS": str(tmp_path / "hosts"),
-        "HC_HAPROXY_CFG": str(tmp_path / "haproxy.cfg"),
-        "HC_PING": "true",
-        "HC_IPTABLES_SAVE": f"cat {tmp_path / 'nat.rules'}",
-        "HC_PIDOF": "true",
-    }
-    return env, data
+def router(tmp_path) -> Router:
+    return Router(tmp_path)
 
 
-def run_check(name: str, kind: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CHECKS / name), kind], capture_output=True, text=True, env=env, timeout=30)
+def outcome(result: subprocess.CompletedProcess[str]) -> tuple[int, str]:
+    assert result.stderr == "", result.stderr
+    assert "Traceback" not in result.stdout
+    return result.returncode, result.stdout.strip()
 
 
-def write_data(env: dict[str, str], data: dict) -> None:
-    Path(env["HC_DATA"]).write_text(json.dumps(data))
+# ------------------------------------------------------------------ the data is CloudStack's, read as CloudStack reads it
+
+
+def load_module(name: str, path: Path) -> object:
+    spec = importlib.util.spec_from_file_location(name, str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(scope="module")
+def cloudstack() -> Path:
+    if not (CLOUDSTACK / "systemvm/debian/root/health_checks").is_dir():
+        pytest.fail(f"CloudStack's source tree is needed at {CLOUDSTACK} (or $SYSVM_CLOUDSTACK_SOURCE): the "
+                    "health check tests prove their data and results against CloudStack's own code")
+    return CLOUDSTACK
+
+
+def cloudstack_parse(cloudstack: Path, data_file: Path, key: str | None = None) -> object:
+    """CloudStack's getHealthChecksData, reading `data_file` where it reads /root/health_checks_data.json."""
+    module = load_module("cloudstack_shared_functions",
+                         cloudstack / "systemvm/debian/root/health_checks/utility/sharedFunctions.py")
+    real_open = open
+
+    def redirected(path: str, *args: object, **kwargs: object) -> object:
+        assert path == "/root/health_checks_data.json"
+        return real_open(data_file, *args, **kwargs)  # type: ignore[arg-type]
+
+    module.open = redirected  # type: ignore[attr-defined]  # a module global comes before the builtin
+    return module.getHealthChecksData(key)  # type: ignore[attr-defined]
+
+
+def test_the_data_is_in_cloudstacks_shape_and_parsed_alike(router, cloudstack):
+    ours = load_module("sysvm_health_utility", CHECKS / "utility.py")
+    data_file = router.folder / "data.json"
+    whole = cloudstack_parse(cloudstack, data_file)
+    assert whole["health_checks_enabled"] is True and whole["excluded_health_checks"] == []
+    keys = ["virtualMachines", "gateways", "portForwarding", "haproxyData", "systemThresholds", "routerVersion"]
+    assert sorted(whole["health_checks_config"]) == sorted(keys)
+    document = json.loads(data_file.read_text())
+    for key in keys:
+        theirs = cloudstack_parse(cloudstack, data_file, key)
+        assert theirs, key
+        assert ours.records(document, key) == theirs, key  # type: ignore[attr-defined]
+    vms = cloudstack_parse(cloudstack, data_file, "virtualMachines")
+    assert vms[1] == {"vmName": "vm-2", "macAddress": "02:00:4c:5f:00:02", "ip": "10.1.1.6", "dhcp": "true",
+                      "dns": "true"}
+    assert cloudstack_parse(cloudstack, data_file, "gateways") == [{"gatewaysIps": "10.1.1.1 192.168.1.1"}]
+    assert cloudstack_parse(cloudstack, data_file, "systemThresholds") == [
+        {"minDiskNeeded": "1.0", "maxCpuUsage": "95.0", "maxMemoryUsage": "95.0"}]
+
+
+# --------------------------------------------------------------------------------------------- each check
 
 
 @pytest.mark.parametrize("name", BASIC + ADVANCED)
 def test_each_check_passes_on_consistent_data(name, router):
-    env, _ = router
-    kind = "basic" if name in BASIC else "advanced"
-    result = run_check(name, kind, env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert len(result.stdout.strip().splitlines()) == 1 and result.stderr == ""
+    code, message = outcome(router.check(name))
+    assert code == 0, message
+    assert message and "\n" not in message
 
 
 @pytest.mark.parametrize("name", BASIC + ADVANCED)
 def test_a_check_given_the_other_type_prints_nothing(name, router):
-    env, _ = router
     other = "advanced" if name in BASIC else "basic"
-    result = run_check(name, other, env)
+    result = subprocess.run([str(CHECKS / name), other], capture_output=True, text=True, env=router.env, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
 def test_every_check_is_executable_and_the_helper_is_not():
     for name in BASIC + ADVANCED:
-        assert os.access(CHECKS / name, os.X_OK), name
-    assert not os.access(CHECKS / "utility.py", os.X_OK)
+        assert os.access(str(CHECKS / name), os.X_OK), name
+    assert not os.access(str(CHECKS / "utility.py"), os.X_OK)
+    assert sorted(p.name for p in CHECKS.iterdir() if os.access(str(p), os.X_OK)) == sorted(BASIC + ADVANCED)
 
 
-def _fails(name: str, env: dict[str, str], expected: str) -> None:
-    kind = "basic" if name in BASIC else "advanced"
-    result = run_check(name, kind, env)
-    assert result.returncode == 1, result.stdout
-    assert expected in result.stdout
-    assert "Traceback" not in result.stdout + result.stderr
+def test_dhcp_check_names_the_vm_missing_from_dhcphosts(router):
+    assert outcome(router.check("dhcp_check.py")) == (0, f"all 2 VMs are in {router.env['HC_DHCP_HOSTS']}")
+    router.edit("dhcphosts.txt", dhcp_hosts_line(VM2, default_nic=False) + "\n", "")
+    code, message = outcome(router.check("dhcp_check.py"))
+    assert code == 1
+    assert message == f"missing from {router.env['HC_DHCP_HOSTS']}: 02:00:4c:5f:00:02 10.1.1.6 vm-2"
 
 
-def test_disk_below_threshold(router):
-    env, data = router
-    data["thresholds"]["min_free_disk_mb"] = 10**12
-    write_data(env, data)
-    _fails("disk_space_check.py", env, "is below 1000000000000 MB")
+def test_dhcp_check_compares_mac_ip_and_name_and_skips_vms_without_dhcp(router):
+    router.edit("dhcphosts.txt", "10.1.1.5,vm-1", "10.1.1.9,vm-1")
+    assert outcome(router.check("dhcp_check.py"))[0] == 1
+    router.network.vms[0] = VM("vm-1", VM1.mac, VM1.ip, dhcp=False)
+    router.set_data()
+    assert outcome(router.check("dhcp_check.py")) == (0, f"all 1 VMs are in {router.env['HC_DHCP_HOSTS']}")
+    (router.folder / "dhcphosts.txt").unlink()
+    assert outcome(router.check("dhcp_check.py")) == (
+        1, f"missing from {router.env['HC_DHCP_HOSTS']}: 02:00:4c:5f:00:02 10.1.1.6 vm-2")
 
 
-def test_cpu_above_threshold(router):
-    env, data = router
-    data["thresholds"]["max_cpu_percent"] = 5  # the two samples differ by 20 busy of 200 ticks
-    write_data(env, data)
-    _fails("cpu_usage_check.py", env, "CPU usage 10.0% is above 5%")
+def test_dns_check_names_the_missing_hosts_entry(router):
+    router.edit("hosts", hosts_line(VM1) + "\n", "")
+    assert outcome(router.check("dns_check.py")) == (1, f"missing from {router.env['HC_HOSTS']}: 10.1.1.5 vm-1")
+    router.network.vms[0] = VM("vm-1", VM1.mac, VM1.ip, dns=False)
+    router.set_data()
+    assert outcome(router.check("dns_check.py"))[0] == 0
 
 
-def test_memory_above_threshold(router):
-    env, data = router
-    data["thresholds"]["max_memory_percent"] = 30
-    write_data(env, data)
-    _fails("memory_usage_check.py", env, "memory usage 40.0% is above 30%")
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("\tserver 192_168_1_30-80_1 10.1.1.6:8080 check\n", "", "lacks servers 10.1.1.6:8080"),
+    ("\tmaxconn 4096", "\tmaxconn 2000", "global maxconn is 2000, expected 4096"),
+    ("\tbalance roundrobin", "\tbalance leastconn", "balances by leastconn, expected roundrobin"),
+    ("\tmode http\n", "", "'listen 192_168_1_30-80' is not in HTTP mode"),
+    ("\tbind 192.168.1.30:80", "\tbind 192.168.1.31:80", "does not bind 192.168.1.30:80"),
+    ("listen 192_168_1_30-80", "listen 192_168_1_30-81", "no 'listen 192_168_1_30-80' section"),
+])
+def test_haproxy_check_finds_each_difference(router, old, new, expected):
+    router.edit("haproxy.cfg", old, new)
+    code, message = outcome(router.check("haproxy_check.py"))
+    assert code == 1 and expected in message, message
 
 
-def test_unreachable_gateway_via_injected_ping(router, tmp_path):
-    env, _ = router
+@pytest.mark.parametrize(("rule", "expected"), [
+    (0, "PREROUTING 192.168.1.30:2222 -> 10.1.1.5:22"),
+    (1, "OUTPUT 192.168.1.30:2222 -> 10.1.1.5:22"),
+    (3, "OUTPUT 192.168.1.30:8000:8010 -> 10.1.1.6:9000-9010"),
+])
+def test_iptables_check_names_the_missing_dnat_rule(router, rule, expected):
+    lines = (router.folder / "nat.rules").read_text().splitlines(keepends=True)
+    del lines[3 + rule]
+    (router.folder / "nat.rules").write_text("".join(lines))
+    assert outcome(router.check("iptables_check.py")) == (1, f"missing DNAT rules: {expected}")
+
+
+def test_gateways_check_retries_and_names_unreachable_gateways(router, tmp_path):
+    counter = tmp_path / "pings"
     ping = tmp_path / "ping"
-    ping.write_text("#!/bin/sh\n[ \"$1\" != 192.168.1.1 ]\n")
+    # 10.1.1.1 answers the second try only; 192.168.1.1 never does.
+    ping.write_text(f'#!/bin/sh\necho "$1" >> {counter}\n[ "$1" = 10.1.1.1 ] && [ "$(grep -c 10.1.1.1 {counter})" -ge 2 ]\n')
     ping.chmod(0o755)
-    env["HC_PING"] = str(ping)
-    _fails("gateways_check.py", env, "gateways not answering ping: 192.168.1.1")
+    router.env["HC_PING"] = str(ping)
+    assert outcome(router.check("gateways_check.py")) == (1, "gateways not answering ping: 192.168.1.1")
+    assert counter.read_text().split().count("192.168.1.1") == 3
 
 
-def test_version_mismatch(router):
-    env, data = router
-    data["router_version"]["template_version"] = "4.19.1"
-    write_data(env, data)
-    _fails("router_version_check.py", env, "template version 4.20.0 does not match expected 4.19.1")
+@pytest.mark.parametrize(("name", "field", "value", "expected"), [
+    ("cpu_usage_check.py", "max_cpu", 5, "CPU usage 10.00% is above the threshold of 5%"),
+    ("memory_usage_check.py", "max_memory", 30, "memory usage 40.00% is above the threshold of 30%"),
+    ("disk_space_check.py", "min_disk_mb", 9999999, "below the 9999999 MB needed"),
+])
+def test_threshold_checks_fail_past_the_management_servers_threshold(router, name, field, value, expected):
+    setattr(router.network, field, value)
+    router.set_data()
+    code, message = outcome(router.check(name))
+    assert code == 1 and expected in message, message
 
 
-def test_signature_mismatch(router):
-    env, data = router
-    data["router_version"]["scripts_signature"] = "ffff"
-    write_data(env, data)
-    _fails("router_version_check.py", env, "scripts signature 0123abcd does not match expected ffff")
+def test_version_check_compares_the_release_line_and_the_signature(router):
+    router.network.template_version = "Cloudstack Release 4.19.1 2024-06-01"
+    router.network.scripts_version = "ffff"
+    router.set_data()
+    code, message = outcome(router.check("router_version_check.py"))
+    assert code == 1
+    assert f"template version in {router.env['HC_RELEASE_FILE']} is '{RELEASE}', the management server " \
+           "expects 'Cloudstack Release 4.19.1 2024-06-01'" in message
+    assert f"scripts signature in {router.env['HC_SIGNATURE_FILE']} is '{SIGNATURE}'" in message
 
 
-def test_missing_dhcp_entry(router):
-    env, _ = router
-    Path(env["HC_DHCP_HOSTS"]).write_text("02:00:4c:5f:00:01,10.1.1.5,vm-1,infinite\n")
-    _fails("dhcp_check.py", env, "missing DHCP entries")
+@pytest.mark.parametrize(("name", "key"), [
+    ("cpu_usage_check.py", "systemThresholds"), ("memory_usage_check.py", "systemThresholds"),
+    ("disk_space_check.py", "systemThresholds"), ("router_version_check.py", "routerVersion"),
+    ("gateways_check.py", "gateways"), ("dhcp_check.py", "virtualMachines"), ("dns_check.py", "virtualMachines"),
+    ("haproxy_check.py", "haproxyData"), ("iptables_check.py", "portForwarding"),
+])
+def test_data_not_sent_makes_a_check_unknown(router, name, key):
+    document = json.loads((router.folder / "data.json").read_text())
+    del document["health_checks_config"][key]
+    (router.folder / "data.json").write_text(json.dumps(document))
+    code, message = outcome(router.check(name))
+    assert code == 3 and "health check data" in message, message
 
 
-def test_dnsmasq_not_running(router):
-    env, _ = router
-    env["HC_PIDOF"] = "false"
-    _fails("dhcp_check.py", env, "dnsmasq is not running")
-
-
-def test_missing_dns_entry(router):
-    env, _ = router
-    Path(env["HC_HOSTS"]).write_text("127.0.0.1 localhost\n10.1.1.5 vm-1\n")
-    _fails("dns_check.py", env, "missing DNS entries")
-
-
-def test_wrong_haproxy_maxconn(router):
-    env, _ = router
-    Path(env["HC_HAPROXY_CFG"]).write_text(HAPROXY.replace("maxconn 4096", "maxconn 2000"))
-    _fails("haproxy_check.py", env, "has maxconn 2000, expected 4096")
-
-
-def test_missing_haproxy_backend(router):
-    env, _ = router
-    Path(env["HC_HAPROXY_CFG"]).write_text(HAPROXY.replace("    server vm2 10.1.1.6:80 check\n", ""))
-    _fails("haproxy_check.py", env, "lacks backends 10.1.1.6:80")
-
-
-def test_missing_dnat_rule(router):
-    env, _ = router
-    Path(env["HC_IPTABLES_SAVE"].split()[1]).write_text("*nat\nCOMMIT\n")
-    _fails("iptables_check.py", env, "missing DNAT rules: tcp 192.168.1.30:2222 -> 10.1.1.5:22")
+@pytest.mark.parametrize(("name", "expected"), [
+    ("dhcp_check.py", "no VMs with DHCP to check"), ("dns_check.py", "no VMs with DNS to check"),
+    ("gateways_check.py", "no gateways to check"), ("haproxy_check.py", "no load balancer rules to check"),
+    ("iptables_check.py", "no port forwarding rules to check"),
+])
+def test_a_network_without_entries_passes(router, name, expected):
+    router.network = Network(template_version=RELEASE, scripts_version=SIGNATURE)
+    router.set_data()
+    assert outcome(router.check(name)) == (0, expected)
 
 
 @pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
 def test_missing_or_malformed_data_fails_cleanly(router, content):
-    env, _ = router
-    data = Path(env["HC_DATA"])
+    data = router.folder / "data.json"
     if content is None:
         data.unlink()
     else:
         data.write_text(content)
     for name in BASIC + ADVANCED:
-        result = run_check(name, "basic" if name in BASIC else "advanced", env)
-        assert result.returncode == 1 and "health check data" in result.stdout, name
-        assert "Traceback" not in result.stderr
+        code, message = outcome(router.check(name))
+        assert code == 1 and message.startswith(f"health check data {data}"), (name, message)
 
 
-def test_malformed_entry_names_the_key(router):
-    env, data = router
-    data["dhcp_entries"] = [{"ip": "10.1.1.5"}]
-    write_data(env, data)
-    _fails("dhcp_check.py", env, "health check data: dhcp_entries[0] needs mac, ip")
+def test_a_malformed_value_names_the_key(router):
+    document = json.loads((router.folder / "data.json").read_text())
+    document["health_checks_config"]["systemThresholds"] = "minDiskNeeded=1.0,maxCpuUsage=lots,maxMemoryUsage=95.0;"
+    (router.folder / "data.json").write_text(json.dumps(document))
+    assert outcome(router.check("cpu_usage_check.py")) == (
+        1, "health check data: systemThresholds maxCpuUsage='lots' is not a number")
+    document = json.loads((router.folder / "data.json").read_text())
+    document["health_checks_config"]["virtualMachines"] = "vmName=vm-9,ip=10.1.1.9;"
+    (router.folder / "data.json").write_text(json.dumps(document))
+    assert outcome(router.check("dhcp_check.py")) == (
+        1, "health check data: virtualMachines record 1 lacks macAddress")
 
 
 # --------------------------------------------------------------------------------------------- runner
 
 
-def run_runner(kind: str, env: dict[str, str], checks: Path, results: Path, *extra: str):
-    return subprocess.run([sys.executable, str(RUNNER), kind, "--checks-dir", str(checks), "--results-dir",
-                           str(results), "--no-service-monitor", *extra], capture_output=True, text=True,
-                          env=env, timeout=120)
+def run_runner(router: Router, *arguments: str, style: str = "status") -> subprocess.CompletedProcess[str]:
+    results = router.folder / "results"
+    results.mkdir(exist_ok=True)
+    command = [sys.executable, str(RUNNER), *arguments, "--results-dir", str(results),
+               "--monitor-conf", str(router.folder / "monitor.conf"), "--log", str(router.folder / "monitor.log"),
+               "--result-style", style]
+    if "--checks-dir" not in arguments:
+        command += ["--checks-dir", str(CHECKS)]
+    return subprocess.run(command, capture_output=True, text=True, env=router.env, timeout=300)
 
 
-@pytest.mark.parametrize(("kind", "names", "result_file"), [("basic", BASIC, "basic_monitor_results.json"),
-                                                            ("advanced", ADVANCED, "advance_monitor_results.json")])
-def test_runner_records_each_check_of_its_type(router, tmp_path, kind, names, result_file):
-    env, _ = router
-    result = run_runner(kind, env, CHECKS, tmp_path)
-    assert result.returncode == 0, result.stderr
-    document = json.loads((tmp_path / result_file).read_text())
-    assert document["type"] == kind
-    assert set(document["checks"]) == set(names)
-    for outcome in document["checks"].values():
-        assert outcome["success"] is True and outcome["message"]
-        assert outcome["start_time"] <= outcome["end_time"] and outcome["duration_ms"] >= 0
-    assert document["start_time"] <= document["end_time"] and document["duration_ms"] >= 0
-    assert not list(tmp_path.glob(".*.tmp"))
+def results(router: Router, kind: str) -> dict:
+    return json.loads((router.folder / "results" / f"{kind}_monitor_results.json").read_text())
+
+
+def failing_file(router: Router, kind: str) -> Path:
+    return router.folder / "results" / f"{kind}_failing_health_checks"
+
+
+@pytest.mark.parametrize(("kind", "names"), [("basic", BASIC), ("advanced", ADVANCED)])
+def test_runner_records_each_check_of_its_kind_in_cloudstacks_format(router, kind, names):
+    started = time.time()
+    done = run_runner(router, kind)
+    assert done.returncode == 0, done.stderr
+    document = results(router, kind)
+    assert set(document) == {*names, "lastRun"}
+    for name in names:
+        entry = document[name]
+        assert set(entry) == {"success", "lastUpdate", "lastRunDuration", "message"}
+        assert all(isinstance(value, str) for value in entry.values()), entry
+        assert entry["success"] == "SUCCESS" and entry["message"], entry
+        assert started * 1000 - 1000 <= int(entry["lastUpdate"]) <= time.time() * 1000
+        assert float(entry["lastRunDuration"]) >= 0
+    assert set(document["lastRun"]) == {"start", "end", "duration"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?", document["lastRun"]["start"])
+    assert float(document["lastRun"]["duration"]) >= 0
+    assert not failing_file(router, kind).exists()
+    assert sorted(p.name for p in (router.folder / "results").iterdir()) == [f"{kind}_monitor_results.json"]
+
+
+def test_runner_lists_failing_checks_and_clears_the_list_once_they_pass(router):
+    router.edit("dhcphosts.txt", dhcp_hosts_line(VM1) + "\n", "")
+    router.edit("hosts", hosts_line(VM2) + "\n", "")
+    run_runner(router, "advanced")
+    assert failing_file(router, "advanced").read_text() == "dhcp_check.py,dns_check.py"
+    document = results(router, "advanced")
+    assert document["dhcp_check.py"]["success"] == "FAILED"
+    assert "02:00:4c:5f:00:01 10.1.1.5 vm-1" in document["dhcp_check.py"]["message"]
+    for name in ("dhcphosts.txt", "hosts"):
+        (router.folder / name).write_text(router.files[name])
+    run_runner(router, "advanced")
+    assert not failing_file(router, "advanced").exists()
+
+
+def test_runner_without_argument_runs_basic_then_advanced(router):
+    assert run_runner(router).returncode == 0
+    basic, advanced = results(router, "basic"), results(router, "advanced")
+    assert set(basic) == {*BASIC, "lastRun"} and set(advanced) == {*ADVANCED, "lastRun"}
+    assert basic["lastRun"]["end"] <= advanced["lastRun"]["start"]
+
+
+def test_runner_leaves_out_excluded_checks(router):
+    router.set_data(excluded="gateways_check.py, memory_usage_check.py")
+    run_runner(router, "basic")
+    assert set(results(router, "basic")) == {"cpu_usage_check.py", "disk_space_check.py", "router_version_check.py",
+                                             "lastRun"}
+
+
+def test_runner_runs_no_check_when_health_checks_are_disabled_or_not_pushed_yet(router):
+    router.edit("dhcphosts.txt", dhcp_hosts_line(VM1) + "\n", "")  # would fail if it ran
+    router.set_data(enabled=False)
+    assert run_runner(router).returncode == 0
+    assert set(results(router, "basic")) == {"lastRun"} and set(results(router, "advanced")) == {"lastRun"}
+    assert not failing_file(router, "advanced").exists()
+    (router.folder / "data.json").unlink()
+    assert run_runner(router, "advanced").returncode == 0
+    assert set(results(router, "advanced")) == {"lastRun"}
+    (router.folder / "data.json").write_text("{broken")
+    done = run_runner(router, "advanced")
+    assert done.returncode == 1 and "health checks not run" in done.stderr
+    assert set(results(router, "advanced")) == {"lastRun"}
+
+
+@pytest.mark.parametrize(("release", "passed", "failed", "unknown"), [
+    ("Cloudstack Release 4.20.0 2025-01-01", "true", "false", "true"),
+    ("Cloudstack Release 4.21.0.0", "true", "false", "true"),
+    ("Cloudstack Release 4.22.0", "SUCCESS", "FAILED", "UNKNOWN"),
+    ("Cloudstack Release 5.0.1", "SUCCESS", "FAILED", "UNKNOWN"),
+])
+def test_runner_writes_success_in_the_words_of_the_templates_cloudstack(router, release, passed, failed, unknown):
+    # Up to 4.21 the management server reads `success` with Boolean.parseBoolean; from 4.22 with
+    # RouterHealthStatus.valueOf, which makes anything else UNKNOWN.
+    (router.folder / "cloudstack-release").write_text(release + "\n")
+    router.edit("hosts", hosts_line(VM2) + "\n", "")
+    document = json.loads((router.folder / "data.json").read_text())
+    del document["health_checks_config"]["portForwarding"]
+    (router.folder / "data.json").write_text(json.dumps(document))
+    run_runner(router, "advanced", "--release-file", str(router.folder / "cloudstack-release"), style="auto")
+    outcome_words = {name: entry["success"] for name, entry in results(router, "advanced").items() if name != "lastRun"}
+    assert outcome_words == {"dhcp_check.py": passed, "dns_check.py": failed, "haproxy_check.py": passed,
+                             "iptables_check.py": unknown}
+    assert failing_file(router, "advanced").read_text() == "dns_check.py"
 
 
 def _user_check(folder: Path, name: str, body: str) -> None:
@@ -254,47 +448,119 @@ def _user_check(folder: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
-def test_runner_exclude_list_user_checks_and_timeout(router, tmp_path):
-    env, data = router
-    checks = tmp_path / "checks"
+def test_runner_takes_user_checks_and_stops_one_that_hangs(router):
+    checks = router.folder / "checks"
     checks.mkdir()
-    for name in BASIC:
+    for name in ("disk_space_check.py", "utility.py"):
         (checks / name).symlink_to(CHECKS / name)
-    (checks / "utility.py").symlink_to(CHECKS / "utility.py")
-    _user_check(checks, "my_check.sh", '[ "$1" = basic ] || exit 0\necho "custom ok"\n')
-    _user_check(checks, "hang_check.sh", '[ "$1" = basic ] || exit 0\nsleep 30\n')
-    data["excluded_checks"] = ["gateways_check.py"]
-    write_data(env, data)
-    results = tmp_path / "results"
-    results.mkdir()
-    run_runner("basic", env, checks, results, "--timeout", "2", "--exclude", "memory_usage_check.py")
-    document = json.loads((results / "basic_monitor_results.json").read_text())
-    assert "gateways_check.py" not in document["checks"] and "memory_usage_check.py" not in document["checks"]
-    assert document["checks"]["my_check.sh"] == {**document["checks"]["my_check.sh"], "success": True,
-                                                 "message": "custom ok"}
-    hang = document["checks"]["hang_check.sh"]
-    assert hang["success"] is False and "killed after 2s" in hang["message"]
+    _user_check(checks, "my_check.sh", '[ "$1" = basic ] || exit 0\necho "custom warning"\nexit 2\n')
+    _user_check(checks, "hang_check.sh", f'[ "$1" = basic ] || exit 0\nsleep 30 &\necho $! > {router.folder}/sleep.pid\n'
+                                         'wait\n')
+    started = time.monotonic()
+    run_runner(router, "basic", "--checks-dir", str(checks), "--timeout", "2")
+    assert time.monotonic() - started < 20
+    document = results(router, "basic")
+    assert set(document) == {"disk_space_check.py", "my_check.sh", "hang_check.sh", "lastRun"}
+    assert (document["my_check.sh"]["success"], document["my_check.sh"]["message"]) == ("WARNING", "custom warning")
+    assert document["hang_check.sh"]["success"] == "FAILED"
+    assert document["hang_check.sh"]["message"] == "killed after 2s without a result"
+    assert failing_file(router, "basic").read_text() == "hang_check.sh"
+    # The sleep it started went with it (gone, or a zombie waiting for its new parent to reap it).
+    stat_file = Path(f"/proc/{(router.folder / 'sleep.pid').read_text().strip()}/stat")
+    assert not stat_file.exists() or stat_file.read_text().split(")")[-1].split()[0] == "Z"
 
 
-def test_runner_restarts_a_stopped_monitored_service(router, tmp_path):
-    env, _ = router
-    state = tmp_path / "systemctl.log"
-    fake = tmp_path / "systemctl"
-    # A stand-in for systemctl: dnsmasq is enabled but stopped, everything else enabled and active.
+def fake_systemctl(folder: Path, inactive: str, restart_works: bool = True) -> Path:
+    """A stand-in for systemctl: every service active except `inactive` until it is restarted."""
+    calls, state = folder / "systemctl.calls", folder / "restarted"
+    restart = f"touch {state}" if restart_works else "echo 'Job failed' >&2; exit 1"
+    fake = folder / "systemctl"
     fake.write_text(f"""#!/bin/sh
-echo "$@" >> {state}
+echo "$@" >> {calls}
 case "$1 $2" in
-  "is-enabled dnsmasq.service"|"is-enabled ssh.service") echo enabled ;;
-  "is-enabled "*) echo disabled; exit 1 ;;
-  "is-active dnsmasq.service") echo inactive; exit 3 ;;
+  "is-active {inactive}.service") if [ -e {state} ]; then echo active; else echo inactive; exit 3; fi ;;
   "is-active "*) echo active ;;
+  "restart {inactive}.service") {restart} ;;
 esac
 """)
     fake.chmod(0o755)
-    env["HC_SYSTEMCTL"] = str(fake)
-    log = tmp_path / "monitor.log"
-    subprocess.run([sys.executable, str(RUNNER), "basic", "--checks-dir", str(tmp_path / "none"),
-                    "--results-dir", str(tmp_path), "--log", str(log)], env=env, check=True, timeout=60)
-    assert "restart dnsmasq.service" in state.read_text()
-    assert "restart ssh.service" not in state.read_text()
-    assert "service dnsmasq was inactive: restarted" in log.read_text()
+    return fake
+
+
+def test_runner_restarts_a_monitored_service_that_is_down(router):
+    (router.folder / "monitor.conf").write_text(monitor_conf())
+    router.env["HC_SYSTEMCTL"] = str(fake_systemctl(router.folder, "dnsmasq"))
+    run_runner(router, "basic")
+    calls = (router.folder / "systemctl.calls").read_text().splitlines()
+    assert "restart dnsmasq.service" in calls
+    assert [call for call in calls if call.startswith("restart")] == ["restart dnsmasq.service"]
+    document = results(router, "basic")
+    services = {name: entry for name, entry in document.items() if name.endswith(".service")}
+    assert sorted(services) == ["dhcp.service", "loadbalancing.service", "ssh.service", "webserver.service"]
+    assert services["dhcp.service"]["success"] == "SUCCESS"
+    assert services["dhcp.service"]["message"] == "service is running, was restarted"
+    assert services["ssh.service"]["message"] == "service is running"
+    assert not failing_file(router, "basic").exists()
+    # The alert collector (getRouterAlerts.sh) takes the first two words, up to the comma, as the time.
+    line = (router.folder / "monitor.log").read_text()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[INFO\] \[dnsmasq\] dnsmasq was inactive and "
+                        r"has been restarted\n", line), line
+    run_runner(router, "advanced")
+    assert not [name for name in results(router, "advanced") if name.endswith(".service")]
+
+
+def test_runner_reports_a_service_it_cannot_restart(router):
+    (router.folder / "monitor.conf").write_text(monitor_conf())
+    router.env["HC_SYSTEMCTL"] = str(fake_systemctl(router.folder, "haproxy", restart_works=False))
+    run_runner(router, "basic")
+    entry = results(router, "basic")["loadbalancing.service"]
+    assert entry["success"] == "FAILED" and entry["message"].startswith("service down at last check ")
+    assert failing_file(router, "basic").read_text() == "loadbalancing.service"
+    assert "[ALERT] [haproxy] haproxy is inactive and could not be restarted: Job failed" in \
+        (router.folder / "monitor.log").read_text()
+
+
+def test_cloudstacks_fetch_script_hands_our_results_to_the_management_server(router, cloudstack):
+    """getRouterMonitorResults.sh reads /root: run it in a mount namespace where /root is the results folder,
+    then read its output the way the management server's VirtualRoutingResource does.
+
+    The namespace's mounts are made private first, so the bind never reaches the host's /root; inside a
+    chroot (the release runs of these tests) / is no mount point and the chroot's namespace is private already.
+    """
+    router.edit("hosts", hosts_line(VM2) + "\n", "")
+    (router.folder / "monitor.conf").write_text(monitor_conf())
+    router.env["HC_SYSTEMCTL"] = str(fake_systemctl(router.folder, "dnsmasq", restart_works=False))
+    run_runner(router)
+    script = cloudstack / "systemvm/debian/opt/cloud/bin/getRouterMonitorResults.sh"
+    isolate = 'if mountpoint -q /; then mount --make-rprivate / || exit 1; fi; mount --bind "$1" /root || exit 1'
+    done = subprocess.run(["unshare", "--mount", "--propagation", "unchanged", "sh", "-c",
+                           isolate + '; exec bash "$2" false', "sh", str(router.folder / "results"), str(script)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    failing, monitor, section = [], [], None
+    for line in done.stdout.strip().split("\n"):
+        line = line.strip()
+        if "FAILING CHECKS" in line:
+            section = failing
+        elif "MONITOR RESULTS" in line:
+            section = monitor
+        else:
+            assert section is not None, line
+            if section is failing:
+                failing += [word.strip() for word in line.split(",") if word.strip()]
+            else:
+                monitor.append(line)
+    assert failing == ["dhcp.service", "dns_check.py"]
+    checks = json.loads("".join(monitor))
+    assert set(checks) == {"basic", "advanced"}
+    assert set(checks["basic"]) == {*BASIC, "ssh.service", "dhcp.service", "loadbalancing.service",
+                                    "webserver.service", "lastRun"}
+    assert set(checks["advanced"]) == {*ADVANCED, "lastRun"}
+    for kind in checks.values():
+        for name, entry in kind.items():
+            assert all(isinstance(value, str) for value in entry.values()), (name, entry)
+            if name != "lastRun":
+                assert entry["success"] in ("SUCCESS", "FAILED", "WARNING", "UNKNOWN")
+                int(entry["lastUpdate"]), float(entry["lastRunDuration"])
+    assert checks["advanced"]["dns_check.py"]["success"] == "FAILED"
+    assert checks["advanced"]["dns_check.py"]["message"] == f"missing from {router.env['HC_HOSTS']}: 10.1.1.6 vm-2"

@@ -1,19 +1,35 @@
 #!/usr/bin/python3
-"""advanced: every expected DNS entry (IP, host name) is in the hosts file dnsmasq serves."""
-from utility import CheckFailed, entries, main, read_text, setting
+"""advanced: every VM the management server lists with DNS has its IP and name in /etc/hosts (dnsmasq serves it)."""
+from __future__ import annotations
+
+from utility import CheckFailed, CheckUnknown, main, read_text, records, required, setting
+
+
+def host_names(text: str) -> set[tuple[str, str]]:
+    found = set()
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        for name in words[1:]:
+            found.add((words[0], name.lower()))
+    return found
 
 
 def check(data: dict) -> str:
-    expected = entries(data, "dns_entries", ("ip", "hostname"))
-    present = set()
-    for line in read_text("HC_HOSTS").splitlines():
-        words = line.split("#", 1)[0].split()
-        for name in words[1:]:
-            present.add((words[0], name.lower()))
-    missing = [f"{e['ip']} {e['hostname']}" for e in expected if (e["ip"], str(e["hostname"]).lower()) not in present]
+    vms = records(data, "virtualMachines")
+    if vms is None:
+        raise CheckUnknown("no virtualMachines in the health check data")
+    expected = [vm for vm in vms if vm.get("dns", "true").lower() != "false"]
+    if not expected:
+        return "no VMs with DNS to check"
+    present = host_names(read_text("HC_HOSTS") or "")
+    missing = []
+    for index, vm in enumerate(expected):
+        required(vm, ("ip", "vmName"), f"virtualMachines record {index + 1}")
+        if (vm["ip"], vm["vmName"].lower()) not in present:
+            missing.append(f"{vm['ip']} {vm['vmName']}")
     if missing:
-        raise CheckFailed(f"missing DNS entries in {setting('HC_HOSTS')}: {'; '.join(missing)}")
-    return f"all {len(expected)} DNS entries present"
+        raise CheckFailed(f"missing from {setting('HC_HOSTS')}: {', '.join(missing)}")
+    return f"all {len(expected)} VMs are in {setting('HC_HOSTS')}"
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 #!/usr/bin/python3
-"""basic: memory in use (MemTotal - MemAvailable) stays below thresholds.max_memory_percent."""
-from utility import CheckFailed, main, read_text, setting, threshold
+"""basic: memory in use (MemTotal - MemAvailable) stays at or below systemThresholds maxMemoryUsage (%)."""
+from __future__ import annotations
+
+from utility import CheckFailed, main, read_text, setting, show, threshold
 
 
 def check(data: dict) -> str:
-    limit = threshold(data, "max_memory_percent", 95)
+    limit = threshold(data, "maxMemoryUsage")
     values = {}
-    for line in read_text("HC_MEMINFO_PATH").splitlines():
+    for line in (read_text("HC_MEMINFO_PATH") or "").splitlines():
         key, _, rest = line.partition(":")
         if rest.split():
             values[key] = int(rest.split()[0])
@@ -14,8 +16,8 @@ def check(data: dict) -> str:
         raise CheckFailed(f"{setting('HC_MEMINFO_PATH')} lacks MemTotal or MemAvailable")
     usage = 100.0 * (values["MemTotal"] - values["MemAvailable"]) / values["MemTotal"]
     if usage > limit:
-        raise CheckFailed(f"memory usage {usage:.1f}% is above {limit:.0f}%")
-    return f"memory usage {usage:.1f}% is within {limit:.0f}%"
+        raise CheckFailed(f"memory usage {usage:.2f}% is above the threshold of {show(limit)}%")
+    return f"memory usage {usage:.2f}% is within the threshold of {show(limit)}%"
 
 
 if __name__ == "__main__":

@@ -1,29 +1,39 @@
 #!/usr/bin/python3
-"""basic: the template version and the scripts signature match what the management server expects."""
-import re
+"""basic: the template version and the scripts signature are the ones the management server knows.
 
-from utility import CheckFailed, main, read_text
+The management server learnt both from get_template_version.sh (the content of /etc/cloudstack-release,
+then the signature file) and sends them back as routerVersion templateVersion and scriptsVersion; each
+is compared with the first line of its file.
+"""
+from __future__ import annotations
 
-VERSION = re.compile(r"\d+\.\d+\.\d+(?:\.\d+)?")
+from utility import CheckFailed, CheckUnknown, main, read_text, records, setting
+
+
+def first_line(name: str) -> str:
+    return ((read_text(name) or "").splitlines() or [""])[0].strip()
 
 
 def check(data: dict) -> str:
-    expected = data.get("router_version")
-    if not isinstance(expected, dict):
-        raise CheckFailed("health check data: router_version is missing")
-    release = read_text("HC_RELEASE_FILE")
-    found = VERSION.search(release)
-    wanted = VERSION.search(str(expected.get("template_version", "")))
-    if wanted is None:
-        raise CheckFailed("health check data: router_version.template_version holds no version")
-    if found is None or found.group(0) != wanted.group(0):
-        have = found.group(0) if found else "none"
-        raise CheckFailed(f"template version {have} does not match expected {wanted.group(0)}")
-    signature = read_text("HC_SIGNATURE_FILE").strip()
-    expected_signature = str(expected.get("scripts_signature", "")).strip()
-    if expected_signature and signature != expected_signature:
-        raise CheckFailed(f"scripts signature {signature} does not match expected {expected_signature}")
-    return f"template version {found.group(0)} and scripts signature match"
+    entries = records(data, "routerVersion")
+    if not entries:
+        raise CheckUnknown("no routerVersion in the health check data")
+    expected = entries[0]
+    problems = []
+    compared = []
+    for key, source, what in (("templateVersion", "HC_RELEASE_FILE", "template version"),
+                              ("scriptsVersion", "HC_SIGNATURE_FILE", "scripts signature")):
+        if key not in expected:
+            continue
+        found = first_line(source)
+        compared.append(what)
+        if found != expected[key]:
+            problems.append(f"{what} in {setting(source)} is {found!r}, the management server expects {expected[key]!r}")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    if not compared:
+        raise CheckUnknown("routerVersion holds neither templateVersion nor scriptsVersion")
+    return f"{' and '.join(compared)} match"
 
 
 if __name__ == "__main__":

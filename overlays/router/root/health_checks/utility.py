@@ -1,25 +1,25 @@
-"""Shared helper of the router health checks (not itself a check: it is not executable).
+"""Shared helper of the router health checks (not a check itself: it is not executable, so never run).
 
-Contract of a check: `check.py basic|advanced`. A check acts only when the argument is its own type;
-otherwise it prints nothing and exits 0. When it acts it prints one line and exits 0 (pass) or 1 (fail).
+Contract of a check, as CloudStack's runner calls it: `check.py basic|advanced`. A check acts only when
+the argument is its own type; otherwise it prints nothing and exits 0, and the runner leaves it out.
+When it acts it prints its message and exits 0 (pass), 1 (fail), 2 (warning) or 3 (unknown: the data
+it needs to judge was not sent).
 
-The data pushed by the management server is JSON at $HC_DATA (default /root/health_checks_data.json):
+The data comes from the management server, written by CloudStack's router configuration to
+$HC_DATA (default /root/health_checks_data.json):
 
-    {
-      "thresholds": {"min_free_disk_mb": 100, "max_cpu_percent": 95, "max_memory_percent": 95},
-      "excluded_checks": ["name_of_check.py", ...],
-      "gateways": ["10.1.1.1", ...],
-      "router_version": {"template_version": "4.20.0", "scripts_signature": "<md5>"},
-      "dhcp_entries": [{"mac": "02:00:...", "ip": "10.1.1.5", "hostname": "vm-1"}, ...],
-      "dns_entries": [{"ip": "10.1.1.5", "hostname": "vm-1"}, ...],
-      "load_balancer_rules": [{"public_ip": "...", "public_port": 80,
-                               "backends": ["10.1.1.5:80", ...], "max_connections": 4096}, ...],
-      "port_forwarding_rules": [{"public_ip": "...", "public_port": 2222, "protocol": "tcp",
-                                 "private_ip": "10.1.1.5", "private_port": 22}, ...]
-    }
+    {"health_checks_enabled": true, "health_checks_basic_run_interval": 3,
+     "health_checks_advanced_run_interval": 10, "excluded_health_checks": ["gateways_check.py"],
+     "health_checks_config": {"virtualMachines": "vmName=vm-1,macAddress=02:00:..,ip=10.1.1.5,dhcp=true,dns=true;...",
+                              "gateways": "gatewaysIps=10.1.1.1 ", "systemThresholds": "minDiskNeeded=100.0,...;",
+                              "portForwarding": "...", "haproxyData": "...", "routerVersion": "..."}}
 
-Every file and command a check uses can be replaced through an environment variable (HC_*), which is
-how the checks are tested outside a router.
+Each value of health_checks_config is a list of records: ';' ends a record, ',' separates its
+key=value pairs. Every file and command a check uses can be replaced through an environment variable
+(HC_*), which is how the checks are tested outside a router.
+
+This file runs on every Python the image may carry (3.7 and later): no syntax or library call newer
+than 3.7 outside annotations.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable, Dict
+
+PASS, FAIL, WARNING, UNKNOWN = 0, 1, 2, 3
 
 DEFAULTS = {
     "HC_DATA": "/root/health_checks_data.json",
@@ -44,14 +45,20 @@ DEFAULTS = {
     "HC_HOSTS": "/etc/hosts",
     "HC_HAPROXY_CFG": "/etc/haproxy/haproxy.cfg",
     "HC_PING": "ping -c 1 -W 2",
+    "HC_PING_ATTEMPTS": "3",
     "HC_IPTABLES_SAVE": "iptables-save -t nat",
-    "HC_PIDOF": "pidof",
     "HC_CPU_SAMPLE_S": "1",
 }
 
+Record = Dict[str, str]
+
 
 class CheckFailed(Exception):
-    """Raised by a check with the message to print."""
+    """The router is not as the data says: the message names what differs."""
+
+
+class CheckUnknown(Exception):
+    """The check cannot judge: the management server did not send what it compares against."""
 
 
 def setting(name: str) -> str:
@@ -62,19 +69,24 @@ def command(name: str) -> list[str]:
     return shlex.split(setting(name))
 
 
-def run(argv: list[str]) -> tuple[int, str]:
+def run(argv: list[str], timeout: float = 30) -> tuple[int, str]:
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         return 127, str(error)
     return result.returncode, result.stdout
 
 
-def read_text(name: str) -> str:
+def read_text(name: str, missing_ok: bool = False) -> str | None:
+    """The content of the file behind setting `name`; None for a missing file when `missing_ok`."""
     path = setting(name)
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read()
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise CheckFailed(f"cannot read {path}: no such file") from None
     except OSError as error:
         raise CheckFailed(f"cannot read {path}: {error.strerror}") from error
 
@@ -93,40 +105,79 @@ def load_data() -> dict[str, Any]:
     return data
 
 
-def entries(data: dict[str, Any], key: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
-    """A list of objects from the data, each with the given fields, or a failure naming what is wrong."""
-    value = data.get(key, [])
-    if not isinstance(value, list):
-        raise CheckFailed(f"health check data: {key} must be a list")
-    for index, entry in enumerate(value):
-        if not isinstance(entry, dict) or any(field not in entry for field in fields):
-            raise CheckFailed(f"health check data: {key}[{index}] needs {', '.join(fields)}")
-    return value
+def parse_records(text: str) -> list[Record]:
+    """'k=v,k=v;k=v' as the management server writes it: records end with ';', pairs are split by ','.
+
+    Blank records and pairs without '=' are left out, surrounding spaces are dropped."""
+    records = []
+    for chunk in text.split(";"):
+        record = {}
+        for pair in chunk.split(","):
+            key, equals, value = pair.partition("=")
+            if equals and key.strip():
+                record[key.strip()] = value.strip()
+        if record:
+            records.append(record)
+    return records
 
 
-def threshold(data: dict[str, Any], key: str, default: float) -> float:
-    value = data.get("thresholds", {}).get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CheckFailed(f"health check data: thresholds.{key} must be a number")
-    return float(value)
+def records(data: dict[str, Any], key: str) -> list[Record] | None:
+    """The records under health_checks_config[key]; None when the management server sent no such key."""
+    config = data.get("health_checks_config")
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise CheckFailed("health check data: health_checks_config must be an object")
+    if key not in config:
+        return None
+    value = config[key]
+    if not isinstance(value, str):
+        raise CheckFailed(f"health check data: health_checks_config.{key} must be a string")
+    return parse_records(value)
 
 
-def process_running(name: str) -> bool:
-    code, _ = run([*command("HC_PIDOF"), name])
-    return code == 0
+def required(record: Record, fields: tuple[str, ...], where: str) -> None:
+    missing = [name for name in fields if not record.get(name)]
+    if missing:
+        raise CheckFailed(f"health check data: {where} lacks {', '.join(missing)}")
+
+
+def threshold(data: dict[str, Any], key: str) -> float:
+    """A number from the systemThresholds record; CheckUnknown when it was not sent."""
+    merged: Record = {}
+    for record in records(data, "systemThresholds") or []:
+        merged.update(record)
+    if key not in merged:
+        raise CheckUnknown(f"no {key} in the health check data's systemThresholds: nothing to compare with")
+    try:
+        return float(merged[key])
+    except ValueError:
+        raise CheckFailed(f"health check data: systemThresholds {key}={merged[key]!r} is not a number") from None
+
+
+def show(number: float) -> str:
+    """A threshold as people write it: 95 rather than 95.0, but 99.5 stays."""
+    return str(int(number)) if number.is_integer() else str(number)
+
+
+def port_range(start: str, end: str, separator: str) -> str:
+    """A port or a range as the router's configuration writes it ('80', '8000:8010' or '8000-8010')."""
+    return start if not end or start == end else start + separator + end
 
 
 def main(kind: str, check: Callable[[dict[str, Any]], str]) -> None:
-    """Entry point of a check: filter by type, load the data, print one line, exit 0 or 1."""
+    """Entry point of a check: act only for its own type, load the data, print the message, exit with the code."""
     if len(sys.argv) < 2 or sys.argv[1] != kind:
-        sys.exit(0)
+        sys.exit(PASS)
+    code = PASS
     try:
         message = check(load_data())
     except CheckFailed as failure:
-        print(str(failure))
-        sys.exit(1)
-    except Exception as error:  # a check must report, never print a traceback
-        print(f"check crashed: {type(error).__name__}: {error}")
-        sys.exit(1)
+        message, code = str(failure), FAIL
+    except CheckUnknown as unknown:
+        message, code = str(unknown), UNKNOWN
+    except Exception as error:  # a check reports, never prints a traceback that hides its message
+        message, code = f"check crashed: {type(error).__name__}: {error}", FAIL
     print(message)
-    sys.exit(0)
+    sys.exit(code)
+

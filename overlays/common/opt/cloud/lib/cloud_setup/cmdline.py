@@ -16,9 +16,9 @@ import re
 import select
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 from cloud_setup.fileops import write_if_changed
 from cloud_setup.paths import Paths
@@ -30,7 +30,9 @@ KVP_KEY_SIZE = 512
 KVP_VALUE_SIZE = 2048
 
 # Runs a command (with optional standard input) and returns its standard output, or None when it failed.
-CommandRunner = Callable[..., "str | None"]
+# Spelt with typing's names because an alias is evaluated at import: buster's Python 3.7 cannot
+# subscript collections.abc.Callable, and X | None needs 3.10.
+CommandRunner = Callable[..., Optional[str]]
 
 
 def run_command(argv: list[str], stdin: str | None = None) -> str | None:

@@ -18,8 +18,8 @@ import subprocess
 import tarfile
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Callable, List, Optional
 
 from cloud_setup.fileops import write_if_changed
 from cloud_setup.paths import Paths
@@ -31,7 +31,7 @@ SETTLE_SECONDS = 5.0  # an unreadable file that stopped growing this long is not
 SCRIPT_TIMEOUT_SECONDS = 900.0  # bootstrap.sh of a router runs a lot of Python: allow for emulation
 
 # Runs a script with its output going to the journal; returns the exit status (None: could not run it).
-ScriptRunner = Callable[[list[str], float], int | None]
+ScriptRunner = Callable[[List[str], float], Optional[int]]
 
 
 def run_script(argv: list[str], timeout: float) -> int | None:
