@@ -55,6 +55,8 @@ ROLE_SERVICES = ("cloud", "apache2", "dnsmasq", "haproxy", "keepalived", "conntr
 DISABLED_UNITS = ("open-vm-tools.service", "vgauth.service", "cloud-init-local.service", "cloud-init.service",
                   "cloud-config.service", "cloud-final.service", "apt-daily.timer", "apt-daily-upgrade.timer")
 ENABLED_AT_BUILD = ("ssh.service", "netfilter-persistent.service", "sysvm-build-key.service")
+UNIT_FOLDERS = ("lib/systemd/system", "usr/lib/systemd/system", "etc/systemd/system")
+INIT_SCRIPTS_KEPT = ("keepalived",)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class BaseDisk:
 
 def disk_key(config: Config, rootfs: Rootfs) -> str:
     return stage_key("disk", rootfs.key, config.disk.size_mib, KERNEL_ARGS, BUILD_KEY_UNIT,
-                     ROLE_SERVICES, DISABLED_UNITS, ENABLED_AT_BUILD)
+                     ROLE_SERVICES, DISABLED_UNITS, ENABLED_AT_BUILD, INIT_SCRIPTS_KEPT)
 
 
 def kernel_version(root: Path) -> str:
@@ -96,12 +98,30 @@ def configure_boot(root: Path, root_uuid: str) -> str:
     (root / "etc/hostname").write_text("systemvm\n")
     (root / "etc/network/interfaces").write_text("auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")
     (root / BUILD_KEY_UNIT_PATH).write_text(BUILD_KEY_UNIT)
+    _drop_duplicate_init_scripts(root)
     systemctl = ["systemctl", f"--root={root}"]
     run([*systemctl, "disable", *(f"{name}.service" for name in ROLE_SERVICES), *DISABLED_UNITS])
     run([*systemctl, "enable", *ENABLED_AT_BUILD])
     run([*systemctl, "set-default", "multi-user.target"])
     _lock_root_password(root)
     return kernel
+
+
+def _drop_duplicate_init_scripts(root: Path) -> None:
+    """Remove SysV scripts of services that have a systemd unit of their own (systemd never runs those
+    scripts). With them, every `systemctl enable` or `disable` of such a service, by the role setup or
+    by CloudStack's post-init, also runs update-rc.d: about 15 s each under emulation. `service NAME
+    restart` goes to systemctl either way. keepalived's stays: CloudStack's redundant router edits it."""
+    dropped = []
+    for script in sorted((root / "etc/init.d").iterdir()):
+        if script.name in INIT_SCRIPTS_KEPT or not any(
+                (root / folder / f"{script.name}.service").exists() for folder in UNIT_FOLDERS):
+            continue
+        for link in (root / "etc").glob(f"rc?.d/[SK][0-9][0-9]{script.name}"):
+            link.unlink()
+        script.unlink()
+        dropped.append(script.name)
+    log.say(f"    disk: {len(dropped)} SysV scripts with a native unit removed ({', '.join(dropped)})")
 
 
 def _lock_root_password(root: Path) -> None:

@@ -65,10 +65,11 @@ class FakeSystem:
         self.calls.append(argv)
         if argv[:2] == ["systemctl", "is-enabled"]:
             return "enabled\n" if argv[2].removesuffix(".service") in self.enabled else None
+        units = {arg.removesuffix(".service") for arg in argv[2:] if arg.endswith(".service")}
         if argv[:2] == ["systemctl", "enable"]:
-            self.enabled.add(argv[2].removesuffix(".service"))
+            self.enabled |= units
         if argv[:2] == ["systemctl", "disable"]:
-            self.enabled.discard(argv[2].removesuffix(".service"))
+            self.enabled -= units
         return self.outputs.get(argv[0], "")
 
 
@@ -154,7 +155,7 @@ def test_agent_service_enabled_only_with_the_bundle(root):
     system.enabled = set()
     Setup(Paths(root), parse(LINES["secstorage"]), "kvm", system).apply()
     assert system.enabled == {"cloud", "apache2"}
-    assert ["systemctl", "start", "--no-block", "cloud.service"] in system.calls
+    assert ["systemctl", "start", "--no-block", "apache2.service", "cloud.service"] in system.calls
 
 
 def test_redundant_router_runs_keepalived_instead_of_dnsmasq(root):

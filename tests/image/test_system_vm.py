@@ -157,3 +157,14 @@ def test_role_setup_logged_to_cloud_log(booted, expect):
     log = booted.file("/var/log/cloud.log").content_string
     assert "command line received from QEMU guest agent" in log
     assert f"role {expect['role']} is configured" in log
+
+
+def test_version_query_answers_in_cloudstack_s_format_once_the_boot_is_done(booted, expect):
+    answer = booted.check_output("/opt/cloud/bin/get_template_version.sh")
+    release = booted.file("/etc/cloudstack-release").content_string.rstrip("\n")
+    signature = booted.file("/var/cache/cloud/cloud-scripts-signature").content_string.strip()
+    assert answer == f"{release}&{signature}"
+    assert booted.file("/var/cache/cloud/boot_up_done").exists
+    if not expect["cloudstack"]:  # nobody played the host: the image says why it kept its own setup
+        log = booted.file("/var/log/cloud.log").content_string
+        assert "the host copied no cloud-scripts.tgz" in log and f"own {expect['role']} setup stands" in log

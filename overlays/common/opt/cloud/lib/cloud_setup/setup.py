@@ -181,16 +181,21 @@ class Setup:
             log.info("the CloudStack agent bundle is not in %s: the cloud service stays disabled",
                      self.paths.agent_bundle)
             wanted.discard("cloud")
-        for service in MANAGED_SERVICES:
-            enabled = (self.runner(["systemctl", "is-enabled", f"{service}.service"]) or "").strip() == "enabled"
-            if service in wanted and not enabled:
-                self.runner(["systemctl", "enable", f"{service}.service"])
-                self.runner(["systemctl", "start", "--no-block", f"{service}.service"])
-                log.info("enabled %s", service)
-            elif service not in wanted and enabled:
-                self.runner(["systemctl", "disable", f"{service}.service"])
-                self.runner(["systemctl", "stop", "--no-block", f"{service}.service"])
-                log.info("disabled %s", service)
+        enabled = {service for service in MANAGED_SERVICES
+                   if (self.runner(["systemctl", "is-enabled", f"{service}.service"]) or "").strip() == "enabled"}
+        # One call each way: every systemctl call costs seconds under emulation. The units are loaded
+        # already, so enabling needs no reload before they are started.
+        for verb, now, services in (("enable", "start", sorted(wanted - enabled)),
+                                    ("disable", "stop", sorted(enabled - wanted))):
+            if not services:
+                continue
+            units = [f"{service}.service" for service in services]
+            if self.runner(["systemctl", verb, "--no-reload", *units]) is None:
+                log.error("systemctl %s failed for %s", verb, " ".join(services))
+            elif self.runner(["systemctl", now, "--no-block", *units]) is None:
+                log.error("systemctl %s failed for %s", now, " ".join(services))
+            else:
+                log.info("%sd %s", verb, " ".join(services))
 
     def passwords(self) -> None:
         passwd = self.paths / "etc/passwd"
