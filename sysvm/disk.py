@@ -26,7 +26,18 @@ SECTOR = 512
 PARTITION_START = 1 << 20  # 1 MiB: room for GRUB's core image before the partition
 MBR_CODE_SIZE = 440  # boot code; the disk signature and partition table follow and are kept
 GRUB_CORE_MODULES = ("biosdisk", "part_msdos", "ext2", "search", "search_fs_uuid")
-KERNEL_ARGS = "ro console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"
+# Serial console (the hypervisors' consoles and QEMU's log) and eth0, eth1, ... in CloudStack's NIC order.
+KERNEL_CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"
+KERNEL_ARGS = f"ro {KERNEL_CONSOLE_ARGS}"
+# For update-grub inside the VM (a kernel upgrade): it must write the same console and NIC naming.
+GRUB_DEFAULTS = f"""GRUB_DEFAULT=0
+GRUB_TIMEOUT=1
+GRUB_DISTRIBUTOR=Debian
+GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_CMDLINE_LINUX="{KERNEL_CONSOLE_ARGS}"
+GRUB_TERMINAL="console serial"
+GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+"""
 FW_CFG_KEY = "opt/sysvm/build_key"
 
 BUILD_KEY_UNIT = f"""[Unit]
@@ -67,7 +78,7 @@ class BaseDisk:
 
 
 def disk_key(config: Config, rootfs: Rootfs) -> str:
-    return stage_key("disk", rootfs.key, config.disk.size_mib, KERNEL_ARGS, BUILD_KEY_UNIT,
+    return stage_key("disk", rootfs.key, config.disk.size_mib, KERNEL_ARGS, GRUB_DEFAULTS, BUILD_KEY_UNIT,
                      ROLE_SERVICES, DISABLED_UNITS, ENABLED_AT_BUILD, INIT_SCRIPTS_KEPT)
 
 
@@ -95,6 +106,7 @@ def configure_boot(root: Path, root_uuid: str) -> str:
         f"  linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} {KERNEL_ARGS}\n"
         f"  initrd /boot/initrd.img-{kernel}\n}}\n"
     )
+    (root / "etc/default/grub").write_text(GRUB_DEFAULTS)
     (root / "etc/hostname").write_text("systemvm\n")
     (root / "etc/network/interfaces").write_text("auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")
     (root / BUILD_KEY_UNIT_PATH).write_text(BUILD_KEY_UNIT)

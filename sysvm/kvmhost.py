@@ -59,6 +59,9 @@ class Remote:
     log: Path
     timings: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.log.write_text("")  # one boot's conversation
+
     def _record(self, text: str) -> None:
         with self.log.open("a", encoding="utf-8") as handle:
             handle.write(text)

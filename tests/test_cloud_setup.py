@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import stat
@@ -59,12 +60,16 @@ class FakeSystem:
     def __init__(self, outputs: dict[str, str] | None = None) -> None:
         self.enabled: set[str] = {"apache2", "dnsmasq", "haproxy", "keepalived", "cloud"}
         self.calls: list[list[str]] = []
+        self.failing: set[str] = set()  # programs that fail, as run_command reports a failure: None
         self.outputs = outputs or {}
 
-    def __call__(self, argv: list[str], stdin: str | None = None) -> str | None:
+    def __call__(self, argv: list[str], stdin: str | None = None, query: bool = False) -> str | None:
         self.calls.append(argv)
-        if argv[:2] == ["systemctl", "is-enabled"]:
-            return "enabled\n" if argv[2].removesuffix(".service") in self.enabled else None
+        if argv[0] in self.failing:
+            return None
+        if argv[:2] == ["systemctl", "is-enabled"]:  # one state per unit, as systemctl prints them
+            return "".join("enabled\n" if unit.removesuffix(".service") in self.enabled else "disabled\n"
+                           for unit in argv[2:])
         units = {arg.removesuffix(".service") for arg in argv[2:] if arg.endswith(".service")}
         if argv[:2] == ["systemctl", "enable"]:
             self.enabled |= units
@@ -224,7 +229,7 @@ def test_kvm_virtio_serial_port(tmp_path):
     writer_fd = os.open(ports / "s-1-VM.vport", os.O_RDWR | os.O_NONBLOCK)
     os.write(writer_fd, (LINES["secstorage"] + "\n").encode())
     try:
-        text = Acquisition(paths, "kvm", runner=lambda argv, stdin=None: "", wait_seconds=3).acquire()
+        text = Acquisition(paths, "kvm", runner=lambda argv, stdin=None, query=False: "", wait_seconds=3).acquire()
     finally:
         os.close(writer_fd)
     assert text == LINES["secstorage"]
@@ -236,7 +241,7 @@ def test_kvm_silent_channel_falls_back_to_the_kept_file(tmp_path, caplog):
     _proc_stat(tmp_path, time.time() + 1000)  # the cache predates this boot
     paths.cmdline.parent.mkdir(parents=True)
     paths.cmdline.write_text(LINES["router"] + "\n")
-    text = Acquisition(paths, "kvm", runner=lambda argv, stdin=None: "", wait_seconds=0.3,
+    text = Acquisition(paths, "kvm", runner=lambda argv, stdin=None, query=False: "", wait_seconds=0.3,
                        poll_seconds=0.1).acquire()
     assert text == LINES["router"]
     assert "no command line arrived from QEMU guest agent or virtio-serial port" in caplog.text
@@ -245,7 +250,7 @@ def test_kvm_silent_channel_falls_back_to_the_kept_file(tmp_path, caplog):
 def test_empty_channel_and_no_cache_gives_none_and_a_log_line(tmp_path, caplog):
     paths = Paths(tmp_path)
     _proc_stat(tmp_path, time.time())
-    assert Acquisition(paths, "kvm", runner=lambda argv, stdin=None: "", wait_seconds=0.2,
+    assert Acquisition(paths, "kvm", runner=lambda argv, stdin=None, query=False: "", wait_seconds=0.2,
                        poll_seconds=0.1).acquire() is None
     assert "no command line arrived" in caplog.text
 
@@ -321,10 +326,10 @@ def test_unknown_role_gets_the_default_setup(root):
 
 def test_main_with_no_command_line_exits_1_keeps_ssh_on_every_address(root, monkeypatch):
     _proc_stat(root, time.time())
-    monkeypatch.setattr(cmdline_module, "run_command", lambda argv, stdin=None: "")
+    monkeypatch.setattr(cmdline_module, "run_command", lambda argv, stdin=None, query=False: "")
     from cloud_setup import __main__ as entry
 
-    monkeypatch.setattr(entry, "run_command", lambda argv, stdin=None: "")
+    monkeypatch.setattr(entry, "run_command", lambda argv, stdin=None, query=False: "")
     assert setup_main(["--root", str(root), "--wait", "0.2"]) == 1
     assert "ListenAddress" not in (root / "etc/ssh/sshd_config.d/10-cloudstack-control.conf").read_text()
     assert "iface eth0 inet dhcp" in (root / "etc/network/interfaces").read_text()
@@ -366,3 +371,33 @@ def test_build_disables_every_service_the_role_setup_manages():
     from sysvm.disk import ROLE_SERVICES
 
     assert set(MANAGED_SERVICES) <= set(ROLE_SERVICES)
+
+
+def test_management_routes_are_best_effort(root):
+    Setup(Paths(root), parse(LINES["secstorage"]), "kvm", FakeSystem()).apply()
+    interfaces = (root / "etc/network/interfaces").read_text()
+    assert "up ip route replace 10.0.0.0/24 via 10.0.0.1 dev eth1 || true" in interfaces
+
+
+def test_ipv6_rules_are_loaded_with_the_ipv4_ones(root):
+    system = FakeSystem()
+    Setup(Paths(root), parse(LINES["router"]), "kvm", system).apply()
+    assert ["ip6tables-restore", str(root / "etc/iptables/rules.v6")] in system.calls
+    assert ":INPUT DROP" in (root / "etc/iptables/rules.v6").read_text()
+
+
+def test_a_failed_command_is_logged_as_a_failure(root, caplog):
+    caplog.set_level(logging.INFO, logger="cloud_setup")
+    system = FakeSystem()
+    system.failing = {"chpasswd"}
+    Setup(Paths(root), parse(LINES["router"] + " vmpassword=secret"), "kvm", system).apply()
+    assert "could not randomise the cloud user's password" in caplog.text
+    assert "could not set root's password from vmpassword" in caplog.text
+    assert "randomised the cloud user's password" not in caplog.text.replace("could not randomise", "")
+
+
+def test_run_command_reports_the_exit_status_and_answers_queries(caplog):
+    caplog.set_level(logging.INFO, logger="cloud_setup")
+    assert cmdline_module.run_command(["sh", "-c", "echo no >&2; exit 3"]) is None
+    assert "sh exited with status 3: no" in caplog.text
+    assert cmdline_module.run_command(["sh", "-c", "echo disabled; exit 1"], query=True) == "disabled\n"

@@ -107,9 +107,12 @@ def test_every_role_starts_as_a_cloudstack_host_starts_it(default_build, cloudst
         print(f"{outcome.role}: QEMU start to get_template_version.sh answering {outcome.timings['cloudstack_ready_s']}s")
 
 
-def _ask(vm, key_file: Path, folder: Path) -> tuple[str, str, str]:
+def _remote(vm, key_file: Path, folder: Path) -> Remote:
+    return Remote(vm.name, ssh_config(folder, vm.name, vm.ssh_port, key_file), folder / f"{vm.name}-host.log")
+
+
+def _ask(remote: Remote) -> tuple[str, str, str]:
     """What the management server would read: the version answer; and cloud.log and the failed units."""
-    remote = Remote(vm.name, ssh_config(folder, vm.name, vm.ssh_port, key_file), folder / f"{vm.name}-host.log")
     status, answer = remote.ssh("/opt/cloud/bin/get_template_version.sh")
     assert status == 0
     failed = remote.ssh("systemctl list-units --state=failed --no-legend --plain")[1].strip()
@@ -124,9 +127,9 @@ def test_a_corrupt_archive_from_the_host_leaves_the_vm_on_its_own_setup(default_
     files.scripts.write_bytes(files.scripts.read_bytes()[:5000])  # a copy cut short
 
     def host_sends_corrupt_scripts(vm, boot, key_file, outcome: Outcome) -> None:
-        Remote(vm.name, ssh_config(workspace.verify, vm.name, vm.ssh_port, key_file),
-               workspace.verify / f"{vm.name}-host.log").copy(files.all(), "/var/cache/cloud/")
-        answer, log, failed = _ask(vm, key_file, workspace.verify)
+        remote = _remote(vm, key_file, workspace.verify)
+        remote.copy(files.all(), "/var/cache/cloud/")
+        answer, log, failed = _ask(remote)
         own_signature = answer.split("&")[1]
         assert own_signature != files.scripts_sha512 and len(own_signature) == 128
         assert "is not a readable gzip tar" in log and "own consoleproxy setup stands" in log
@@ -147,7 +150,7 @@ def test_scripts_baked_at_build_time_run_when_the_host_sends_nothing(default_bui
     disk, fmt = unpack_artifact(workspace.artifacts / artifact_name(cfg, "kvm"), workspace.verify / "images")
 
     def host_sends_nothing(vm, boot, key_file, outcome: Outcome) -> None:
-        answer, log, failed = _ask(vm, key_file, workspace.verify)
+        answer, log, failed = _ask(_remote(vm, key_file, workspace.verify))
         assert answer.endswith("&" + baked["sha512"])
         assert "the host copied no cloud-scripts.tgz" in log
         assert "handing over to the image's CloudStack scripts" in log

@@ -36,6 +36,14 @@ def test_every_release_renders_the_overlay(release, workspace):
     assert modes["/root/health_checks/utility.py"] == "0644"
 
 
+@pytest.mark.skipif(shutil.which("ip6tables-restore") is None, reason="iptables is installed by .ci/run")
+def test_ipv6_rules_deny_by_default_and_pass_ip6tables_restore_test(workspace, default_config):
+    rules = render(default_config, workspace).tree / "etc/iptables/rules.v6"
+    result = subprocess.run(["ip6tables-restore", "--test", str(rules)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert ":INPUT DROP" in rules.read_text() and ":FORWARD DROP" in rules.read_text()
+
+
 @pytest.mark.skipif(shutil.which("iptables-restore") is None, reason="iptables is installed by .ci/run")
 @pytest.mark.parametrize("role", ROLE_FILES)
 def test_iptables_files_pass_iptables_restore_test(role, workspace, default_config):

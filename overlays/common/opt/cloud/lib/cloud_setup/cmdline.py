@@ -35,14 +35,20 @@ KVP_VALUE_SIZE = 2048
 CommandRunner = Callable[..., Optional[str]]
 
 
-def run_command(argv: list[str], stdin: str | None = None) -> str | None:
+def run_command(argv: list[str], stdin: str | None = None, query: bool = False) -> str | None:
+    """A query's exit status is part of its answer (systemctl is-enabled): its output is returned whatever
+    the status. Any other command that fails is logged as an error and gives None."""
     log.info("running %s", " ".join(argv))
     try:
         result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
-        log.info("could not run %s: %s", argv[0], error)
+        log.error("could not run %s: %s", argv[0], error)
         return None
-    return result.stdout if result.returncode == 0 else None
+    if result.returncode != 0 and not query:
+        detail = " | ".join(result.stderr.strip().splitlines()[-3:])
+        log.error("%s exited with status %d%s", argv[0], result.returncode, f": {detail}" if detail else "")
+        return None
+    return result.stdout
 
 
 def detect_hypervisor(paths: Paths, runner: CommandRunner = run_command) -> str:

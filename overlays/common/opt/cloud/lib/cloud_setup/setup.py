@@ -90,7 +90,9 @@ class Setup:
             if index == 1 and valid_ipv4(self.line.get("localgw")):
                 for cidr in filter(None, self.line.get("mgmtcidr").split(",")):
                     if self._valid_network(cidr):
-                        lines.append(f"    up ip route replace {cidr} via {self.line.get('localgw')} dev eth1")
+                        # Best effort, as CloudStack adds them: a route that cannot be added (a gateway
+                        # on no NIC) must not take the whole of networking.service down with it.
+                        lines.append(f"    up ip route replace {cidr} via {self.line.get('localgw')} dev eth1 || true")
             stanzas.append("\n".join(lines) + "\n")
         self._write("etc/network/interfaces", HEADER + "\n".join(stanzas))
 
@@ -157,10 +159,14 @@ class Setup:
         if self.plan.ip_forward:
             self._write("etc/sysctl.d/60-cloudstack-forwarding.conf", "net.ipv4.ip_forward = 1\n")
             self.runner(["sysctl", "-p", str(self.paths / "etc/sysctl.d/60-cloudstack-forwarding.conf")])
-        if self.runner(["iptables-restore", str(self.paths / "etc/iptables/rules.v4")]) is None:
-            log.error("iptables-restore rejected %s", self.paths / "etc/iptables/rules.v4")
-        else:
-            log.info("loaded firewall rules from %s", source.name)
+        for command, rules_file in (("iptables-restore", "etc/iptables/rules.v4"),
+                                    ("ip6tables-restore", "etc/iptables/rules.v6")):
+            if not (self.paths / rules_file).is_file():
+                log.error("firewall rules %s are missing", self.paths / rules_file)
+            elif self.runner([command, str(self.paths / rules_file)]) is None:
+                log.error("%s rejected %s", command, self.paths / rules_file)
+            else:
+                log.info("loaded %s", self.paths / rules_file)
 
     def agent_bundle_present(self) -> bool:
         return any(self.paths.agent_bundle.rglob("*.jar")) if self.paths.agent_bundle.is_dir() else False
@@ -181,8 +187,9 @@ class Setup:
             log.info("the CloudStack agent bundle is not in %s: the cloud service stays disabled",
                      self.paths.agent_bundle)
             wanted.discard("cloud")
-        enabled = {service for service in MANAGED_SERVICES
-                   if (self.runner(["systemctl", "is-enabled", f"{service}.service"]) or "").strip() == "enabled"}
+        states = (self.runner(["systemctl", "is-enabled", *(f"{s}.service" for s in MANAGED_SERVICES)],
+                              query=True) or "").split()
+        enabled = {service for service, state in zip(MANAGED_SERVICES, states) if state == "enabled"}
         # One call each way: every systemctl call costs seconds under emulation. The units are loaded
         # already, so enabling needs no reload before they are started.
         for verb, now, services in (("enable", "start", sorted(wanted - enabled)),
@@ -201,12 +208,16 @@ class Setup:
         passwd = self.paths / "etc/passwd"
         users = {line.split(":")[0] for line in passwd.read_text().splitlines()} if passwd.is_file() else set()
         if "cloud" in users:
-            self.runner(["chpasswd"], stdin=f"cloud:{secrets.token_urlsafe(24)}\n")
-            log.info("randomised the cloud user's password")
+            if self.runner(["chpasswd"], stdin=f"cloud:{secrets.token_urlsafe(24)}\n") is not None:
+                log.info("randomised the cloud user's password")
+            else:
+                log.error("could not randomise the cloud user's password")
         password = self.line.get("vmpassword")
         if password:
-            self.runner(["chpasswd"], stdin=f"root:{password}\n")
-            log.info("set root's password from vmpassword")
+            if self.runner(["chpasswd"], stdin=f"root:{password}\n") is not None:
+                log.info("set root's password from vmpassword")
+            else:
+                log.error("could not set root's password from vmpassword")
 
 
 def _ssh_on_control_nic(rules: str, control: int) -> str:
