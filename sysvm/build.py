@@ -13,7 +13,6 @@ from sysvm import log, tools
 from sysvm.config import Config
 from sysvm.disk import build_disk
 from sysvm.export import Artifacts, export
-from sysvm.fsutil import remove_tree
 from sysvm.overlay import apply_overlay
 from sysvm.packer import provision
 from sysvm.render import render
@@ -36,7 +35,10 @@ def render_only(config: Config, workspace: Workspace, force: bool = False) -> Pa
 
 def build(config: Config, workspace: Workspace, force: bool = False) -> BuildResult:
     tools.require(["rootfs", "disk", "packer", "overlay", "export"])
-    remove_tree(workspace.build / "tmp")  # scratch space of an earlier build that was killed
+    # What builds killed outright left (temporaries, staging and scratch folders); a running build's stay.
+    leftovers = workspace.remove_leftovers()
+    if leftovers:
+        log.say(f"    removed {len(leftovers)} leftovers of killed builds")
     durations: dict[str, float] = {}
 
     def timed(name: str, step: Callable[[], T]) -> T:
@@ -52,8 +54,8 @@ def build(config: Config, workspace: Workspace, force: bool = False) -> BuildRes
     provisioned = timed("packer", lambda: provision(config, disk, workspace, force))
     final = timed("overlay", lambda: apply_overlay(provisioned, overlay, workspace, force))
     artifacts = timed("export", lambda: export(config, final, overlay, rootfs, workspace, durations, force))
-    for stage, folder in (("disk", disk.image.parent), ("packer", provisioned.image.parent),
-                          ("overlay", final.image.parent)):
+    for stage, folder in (("rootfs", rootfs.tarball.parent), ("disk", disk.image.parent),
+                          ("packer", provisioned.image.parent), ("overlay", final.image.parent)):
         os.utime(folder)  # mark as recently used, then drop the older ones
         workspace.prune(stage)
     return BuildResult(artifacts, durations)

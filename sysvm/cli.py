@@ -11,6 +11,7 @@ from typing import TypeVar
 from sysvm import config as config_module
 from sysvm.config import Config
 from sysvm.errors import SysvmError
+from sysvm.run import end_children
 
 T = TypeVar("T")
 
@@ -20,6 +21,9 @@ def load_config(config_file: str | None, overrides: Sequence[str]) -> Config:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    # End QEMU, Packer and every other child now: worker threads that own some would otherwise keep
+    # them running until their own waits time out.
+    end_children()
     raise KeyboardInterrupt
 
 
@@ -30,6 +34,7 @@ def guarded(action: Callable[[], T]) -> T:
     runs for both.
     """
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return action()
     except SysvmError as error:

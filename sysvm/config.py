@@ -20,6 +20,7 @@ import yaml
 
 from sysvm.cloudstack import locate
 from sysvm.errors import SysvmError
+from sysvm.metadata import METADATA_KEYS, TEMPLATES, applying
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = ROOT / "sysvm.yaml"
@@ -27,6 +28,9 @@ DEFAULTS_FILE = ROOT / "sysvm.yaml"
 KNOWN_ROLES = ("consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr")
 KNOWN_HYPERVISORS = ("kvm", "xen", "vmware", "hyperv", "ovm")
 KNOWN_RELEASES = ("buster", "bullseye", "bookworm", "trixie")
+VERSION_PATTERN = r"\d+\.\d+\.\d+(\.\d+)?"  # a CloudStack version: 4.20.0, or 4.19.0.1 for a security release
+# The virtual hardware versions an OVA may ask for: 7 (ESX/ESXi 4.0) to 22 (ESXi 9.0).
+VMWARE_HARDWARE_VERSIONS = range(7, 23)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Debian:
     architecture: Literal["amd64"]
     mirror: str  # "auto": the Debian mirror the host's apt uses; a release may name its own default
     security_mirror: str
+    # A cached rootfs is reused without the mirror (unreachable) only while it is younger than this; 0: never.
+    max_rootfs_age_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,10 @@ class Release:
     java_package: str
     iptables_backend: Literal["legacy", "nft"]
     security_suite: str
+    number: int  # Debian's release number (12 for bookworm): the guest OS CloudStack registers
     mirror: str = ""  # when set, the default mirror for this release (buster lives on the archive)
     security_mirror: str = ""
+    without_security: bool = False  # build without the security suite: only on the user's explicit say-so
     package_renames: dict[str, str] = field(default_factory=dict)
     packages_dropped: list[str] = field(default_factory=list)
 
@@ -84,9 +92,39 @@ class HealthChecks:
 
 
 @dataclass(frozen=True)
+class NamePattern:
+    from_version: str
+    name_pattern: str  # placeholders: {version} {arch} {hypervisor}
+
+
+@dataclass(frozen=True)
+class MetadataFormat:
+    """How metadata.ini is laid out for the management servers of from_version and later."""
+
+    from_version: str
+    checksum: Literal["md5", "sha512"]  # the digest the management server compares with the file's
+    templatename: str  # placeholders: {hypervisor} (CloudStack's name) {version} (x.y.z) {arch}
+    keys: list[str]  # per section, in order: a selection of metadata.METADATA_KEYS
+    arch_sections: list[str] = field(default_factory=list)  # CloudStack hypervisors named <hv>-<arch>
+    every_section: bool = False  # its reader fails on a missing section: templates not built get one
+
+
+@dataclass(frozen=True)
 class Export:
     hypervisors: list[str]
-    name_pattern: str  # placeholders: {version} {arch} {hypervisor}
+    name_patterns: list[NamePattern]  # by CloudStack version: the newest from_version not above it applies
+    download_url: str  # metadata.ini's downloadurl is this plus the file name; {major} {minor} {version}
+    vmware_hardware_version: int  # the OVA's vmx-N
+    metadata_formats: list[MetadataFormat] = field(default_factory=list)  # by version, as name_patterns
+    name_pattern: str = ""  # when set, used for every version instead of name_patterns
+
+    def name_pattern_for(self, version: str) -> str:
+        chosen = applying(self.name_patterns, version)
+        # Validation makes sure one applies when no override is set.
+        return self.name_pattern or (chosen.name_pattern if chosen is not None else "")
+
+    def metadata_format_for(self, version: str) -> MetadataFormat | None:
+        return applying(self.metadata_formats, version)
 
 
 @dataclass(frozen=True)
@@ -315,9 +353,13 @@ def _validate(config: Config, origins: Origins) -> None:
           f"unknown release {config.debian.release!r} (expected one of: {', '.join(KNOWN_RELEASES)})")
     check(config.debian.release in config.releases, ("releases",),
           f"no entry for release {config.debian.release!r}")
-    for name in config.releases:
+    for name, release in config.releases.items():
         check(name in KNOWN_RELEASES, ("releases", name),
               f"unknown release (expected one of: {', '.join(KNOWN_RELEASES)})")
+        check(not (release.without_security and release.security_mirror), ("releases", name, "without_security"),
+              "true contradicts security_mirror: set one of them")
+    check(config.debian.max_rootfs_age_days >= 0, ("debian", "max_rootfs_age_days"),
+          f"expected 0 or more days, got {config.debian.max_rootfs_age_days}")
     for index, role in enumerate(config.roles):
         check(role in KNOWN_ROLES, ("roles", str(index)),
               f"unknown role {role!r} (expected one of: {', '.join(KNOWN_ROLES)})")
@@ -330,13 +372,9 @@ def _validate(config: Config, origins: Origins) -> None:
     for index, hypervisor in enumerate(config.export.hypervisors):
         check(hypervisor in KNOWN_HYPERVISORS, ("export", "hypervisors", str(index)),
               f"unknown hypervisor {hypervisor!r} (expected one of: {', '.join(KNOWN_HYPERVISORS)})")
-    check("{hypervisor}" in config.export.name_pattern and "{version}" in config.export.name_pattern,
-          ("export", "name_pattern"), "must contain {version} and {hypervisor}")
-    try:
-        config.export.name_pattern.format(version="v", arch="a", hypervisor="h")
-    except (KeyError, IndexError, ValueError) as error:
-        raise _fail(("export", "name_pattern"), origins, fallback,
-                    "only {version}, {arch} and {hypervisor} may be used") from error
+    _validate_export(config, check)
+    for name, release in config.releases.items():
+        check(release.number > 0, ("releases", name, "number"), f"expected Debian's release number, got {release.number}")
     check(config.disk.size_mib >= 1024, ("disk", "size_mib"), f"expected at least 1024, got {config.disk.size_mib}")
     ports = config.consoleproxy
     for name in ("http_port", "https_port", "websocket_port", "websocket_tls_port"):
@@ -355,3 +393,56 @@ def _validate(config: Config, origins: Origins) -> None:
     for index, layer in enumerate(config.overlay_layers):
         check((ROOT / layer).is_dir() or Path(layer).is_dir(), ("overlay_layers", str(index)),
               f"overlay folder {layer!r} does not exist")
+
+
+def _placeholders_ok(pattern: str, allowed: dict[str, object]) -> bool:
+    try:
+        pattern.format(**allowed)
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
+
+
+def _validate_export(config: Config, check: typing.Callable[[bool, tuple[str, ...], str], None]) -> None:
+    export = config.export
+
+    def check_pattern(pattern: str, path: tuple[str, ...]) -> None:
+        check("{hypervisor}" in pattern and "{version}" in pattern, path, "must contain {version} and {hypervisor}")
+        check(_placeholders_ok(pattern, {"version": "v", "arch": "a", "hypervisor": "h"}), path,
+              "only {version}, {arch} and {hypervisor} may be used")
+
+    def check_versions(entries: typing.Sequence[NamePattern | MetadataFormat], key: str) -> None:
+        for index, entry in enumerate(entries):
+            check(bool(re.fullmatch(VERSION_PATTERN, entry.from_version)), ("export", key, str(index), "from_version"),
+                  f"expected a version like 4.20.0, got {entry.from_version!r}")
+        versions = [entry.from_version for entry in entries]
+        check(len(set(versions)) == len(versions), ("export", key), "two entries have the same from_version")
+
+    if export.name_pattern:
+        check_pattern(export.name_pattern, ("export", "name_pattern"))
+    check_versions(export.name_patterns, "name_patterns")
+    for index, entry in enumerate(export.name_patterns):
+        check_pattern(entry.name_pattern, ("export", "name_patterns", str(index), "name_pattern"))
+    check(bool(export.name_pattern_for(config.cloudstack.version)), ("export", "name_patterns"),
+          f"no entry applies to cloudstack.version {config.cloudstack.version} (set export.name_pattern, "
+          "or add an entry with an older from_version)")
+    check(bool(re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", export.download_url)), ("export", "download_url"),
+          f"expected a URL such as https://download.example.org/systemvm/, got {export.download_url!r}")
+    check(_placeholders_ok(export.download_url, {"major": 4, "minor": 20, "version": "4.20.0"}),
+          ("export", "download_url"), "only {major}, {minor} and {version} may be used")
+    check(export.vmware_hardware_version in VMWARE_HARDWARE_VERSIONS, ("export", "vmware_hardware_version"),
+          f"expected a VMware virtual hardware version from {VMWARE_HARDWARE_VERSIONS.start} to "
+          f"{VMWARE_HARDWARE_VERSIONS.stop - 1}, got {export.vmware_hardware_version}")
+    check_versions(export.metadata_formats, "metadata_formats")
+    cloudstack_names = [template.cloudstack for template in TEMPLATES]
+    for index, layout in enumerate(export.metadata_formats):
+        path = ("export", "metadata_formats", str(index))
+        check(_placeholders_ok(layout.templatename, {"hypervisor": "h", "version": "v", "arch": "a"}),
+              (*path, "templatename"), "only {hypervisor}, {version} and {arch} may be used")
+        for position, key in enumerate(layout.keys):
+            check(key in METADATA_KEYS, (*path, "keys", str(position)),
+                  f"unknown key {key!r} (expected one of: {', '.join(METADATA_KEYS)})")
+        check(len(set(layout.keys)) == len(layout.keys), (*path, "keys"), "a key is listed twice")
+        for position, name in enumerate(layout.arch_sections):
+            check(name in cloudstack_names, (*path, "arch_sections", str(position)),
+                  f"unknown CloudStack hypervisor {name!r} (expected one of: {', '.join(cloudstack_names)})")

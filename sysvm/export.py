@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysvm import log
+from sysvm import log, metadata
 from sysvm.cache import stage_key
 from sysvm.cloudstack import locate
 from sysvm.config import Config
@@ -24,7 +24,6 @@ from sysvm.run import output, run
 from sysvm.workspace import Workspace
 
 EXTENSIONS = {"kvm": "qcow2.bz2", "xen": "vhd.bz2", "vmware": "ova", "hyperv": "vhd.zip", "ovm": "raw.bz2"}
-ARCH_NAMES = {"amd64": "x86_64"}
 REPORT = "build-report.json"
 CHECKSUM_FILES = {"md5": "md5sum.txt", "sha512": "sha512sum.txt"}
 PACKAGES = "packages.txt"
@@ -35,12 +34,26 @@ class Artifacts:
     folder: Path
     files: dict[str, Path]  # hypervisor -> artifact
     report: Path
+    metadata: Path | None = None  # metadata.ini, when cloudstack.version has a known layout
+
+
+def name_pattern(config: Config) -> str:
+    return config.export.name_pattern_for(config.cloudstack.version)
 
 
 def artifact_name(config: Config, hypervisor: str) -> str:
-    stem = config.export.name_pattern.format(version=config.cloudstack.version, hypervisor=hypervisor,
-                                             arch=ARCH_NAMES[config.debian.architecture])
+    stem = name_pattern(config).format(version=config.cloudstack.version, hypervisor=hypervisor,
+                                       arch=metadata.CLOUDSTACK_ARCH[config.debian.architecture])
     return f"{stem}.{EXTENSIONS[hypervisor]}"
+
+
+def render_metadata(config: Config, artifacts: dict[str, dict[str, object]]) -> metadata.Metadata | None:
+    """metadata.ini for artifacts as listed in build-report.json (file name -> hypervisor, md5, sha512)."""
+    digests = {str(info["hypervisor"]): {"md5": str(info["md5"]), "sha512": str(info["sha512"])}
+               for info in artifacts.values()}
+    # Every hypervisor's name, built or not: some layouts list templates that were not built.
+    names = {hypervisor: artifact_name(config, hypervisor) for hypervisor in EXTENSIONS}
+    return metadata.render(config, names, digests)
 
 
 def virtual_size(image: Path) -> int:
@@ -78,8 +91,9 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
             archive.write(work / "disk.vhd", arcname=inner)
     elif hypervisor == "vmware":
         _convert(image, work / "disk.vmdk", "vmdk", "subformat=streamOptimized")
-        write_ova(target, name.removesuffix(".ova"), work / "disk.vmdk", virtual_size(image))
-    else:  # ovm: a raw image
+        write_ova(target, name.removesuffix(".ova"), work / "disk.vmdk", virtual_size(image),
+                  config.export.vmware_hardware_version)
+    else:  # ovm: OVM3 takes a raw image
         run(["qemu-img", "convert", "-f", _source_format(image), "-O", "raw", image, work / "disk.raw"])
         _compress_bz2(work / "disk.raw", target, threads)
     remove_tree(work)
@@ -87,8 +101,27 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
 
 
 def export_key(config: Config, final: FinalImage) -> str:
-    return stage_key("export", final.key, config.export.hypervisors, config.export.name_pattern,
-                     config.cloudstack.version, config.debian.architecture)
+    # metadata.ini is left out: it is rewritten from the report's checksums without remaking artifacts.
+    return stage_key("export", final.key, config.export.hypervisors, name_pattern(config),
+                     config.export.vmware_hardware_version, config.cloudstack.version, config.debian.architecture)
+
+
+def _refresh_metadata(config: Config, folder: Path, report: dict[str, object]) -> None:
+    """Bring metadata.ini and its report entry up to date with settings that do not change an artifact."""
+    listed = report.get("artifacts")
+    made = render_metadata(config, listed if isinstance(listed, dict) else {})
+    path = folder / metadata.FILE_NAME
+    current = path.read_text() if path.is_file() else None
+    entry = made.report() if made is not None else None
+    if current == (made.text if made is not None else None) and report.get("metadata") == entry:
+        return
+    if made is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write(path, made.text)
+    atomic_write(folder / REPORT, json.dumps({**report, "inputs": config.as_dict(), "metadata": entry},
+                                             indent=2, sort_keys=True) + "\n")
+    log.say(f"    export: {metadata.FILE_NAME} {'rewritten' if made is not None else 'removed'}")
 
 
 def _previous(folder: Path) -> dict[str, object]:
@@ -114,13 +147,16 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
     key = export_key(config, final)
     folder = workspace.artifacts
     names = {hypervisor: artifact_name(config, hypervisor) for hypervisor in config.export.hypervisors}
-    result = Artifacts(folder, {h: folder / n for h, n in names.items()}, folder / REPORT)
+    meta_path = folder / metadata.FILE_NAME
+    result = Artifacts(folder, {h: folder / n for h, n in names.items()}, folder / REPORT,
+                       meta_path if config.export.metadata_format_for(config.cloudstack.version) else None)
     previous = _previous(folder)
     if previous.get("export_key") == key and all(p.is_file() for p in result.files.values()) and not force:
         log.say(f"    export: up to date ({folder})")
+        _refresh_metadata(config, folder, previous)
         return result
     # An older set must not sit beside a half-made new one looking finished.
-    for stale in [*previous.get("artifacts", {}), REPORT, *CHECKSUM_FILES.values(), PACKAGES]:
+    for stale in [*previous.get("artifacts", {}), REPORT, *CHECKSUM_FILES.values(), PACKAGES, metadata.FILE_NAME]:
         (folder / str(stale)).unlink(missing_ok=True)
     started = time.monotonic()
     staging = scratch_dir(folder, ".staging-")
@@ -138,8 +174,13 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
         for algorithm, filename in CHECKSUM_FILES.items():
             (staging / filename).write_text("".join(f"{info[algorithm]}  {name}\n"
                                                     for name, info in sorted(artifacts.items())))
+        listing = [staging / f for f in CHECKSUM_FILES.values()]
+        meta = render_metadata(config, artifacts)
+        if meta is not None:
+            (staging / metadata.FILE_NAME).write_text(meta.text)
+            listing.append(staging / metadata.FILE_NAME)
         shutil.copyfile(rootfs.packages, staging / PACKAGES)
-        for path in [*made.values(), *(staging / f for f in CHECKSUM_FILES.values()), staging / PACKAGES]:
+        for path in [*made.values(), *listing, staging / PACKAGES]:
             os.replace(path, folder / path.name)
     finally:
         remove_tree(staging)
@@ -147,6 +188,7 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
     report = {
         "export_key": key,
         "cloudstack_version": config.cloudstack.version,
+        "name_pattern": name_pattern(config),
         "inputs": config.as_dict(),
         "stage_keys": {"rootfs": rootfs.key, "overlay": final.key},
         "scripts_signature": overlay.signature(),
@@ -156,7 +198,9 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
         "durations_s": durations,
         "virtual_size": virtual_size(final.image),
         "packages": len(rootfs.packages.read_text().splitlines()),
+        "debian_suites": rootfs.suites, "without_security": rootfs.without_security,
         "artifacts": artifacts,
+        "metadata": meta.report() if meta is not None else None,
     }
     atomic_write(result.report, json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, info in sorted(artifacts.items()):

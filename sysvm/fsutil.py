@@ -1,9 +1,10 @@
-"""File helpers that never leave a half-written file under a final name."""
+"""File helpers that never leave a half-written file under a final name, and that clear what a killed run left."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PARTIAL_SUFFIX = ".partial"
+# What atomic_path leaves when its process dies: `.<name>.<pid>.partial`, and while it swaps a folder,
+# `.<name>.<pid>.old` (the previous version, moved aside for the length of two renames).
+LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>partial|old)")
+# scratch_dir names: <prefix><pid>-<8 random characters from mkdtemp>.
+SCRATCH = re.compile(r"(?P<prefix>.*?)(?P<pid>\d+)-[a-z0-9_]{8}")
 
 
 @contextmanager
@@ -30,7 +36,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 def _replace_dir(temporary: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old")
+    # The pid in the name tells prune_leftovers whether the swap is still going on or its process died.
+    old = final.with_name(f".{final.name}.{os.getpid()}.old")
     remove_tree(old)
     os.replace(final, old)
     os.replace(temporary, final)
@@ -65,5 +72,83 @@ def hash_file(path: Path, algorithm: str) -> str:
 
 
 def scratch_dir(parent: Path, prefix: str) -> Path:
+    """A new folder `<prefix><pid>-<random>` under parent; the pid lets a later run tell whether it is abandoned."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def _started_at(pid: int) -> float | None:
+    """When a process started (seconds since the epoch), None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    fields = stat.rsplit(")", 1)[1].split()  # the command name in parentheses may contain spaces
+    if fields[0] == "Z":  # killed but not yet reaped: it writes nothing any more
+        return None
+    return int(boot.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def owner_alive(pid: int, path: Path) -> bool:
+    """Whether the process `pid` may still be using `path`.
+
+    A pid is reused: a running process that started after `path` last changed did not make it (a CI
+    container often gives each run's build the same pid). The inode change time is used because a copy
+    that keeps timestamps can set a modification time from before its own process started. Two seconds
+    of slack cover the whole-second boot time the start is counted from and small clock steps.
+    """
+    if pid <= 0:
+        return False
+    if not Path("/proc/self/stat").is_file():  # no procfs to ask: never take a live process's files
+        return True
+    started = _started_at(pid)
+    if started is None:
+        return False
+    try:
+        changed = path.lstat().st_ctime
+    except FileNotFoundError:
+        return False
+    return started <= changed + 2.0
+
+
+def prune_leftovers(folder: Path) -> list[Path]:
+    """Clear what atomic_path left in a folder when its process was killed; return what was removed.
+
+    Temporaries of running processes stay. A `.old` folder whose swap was cut between its two renames
+    goes back under its final name, since the final name is then empty and the old version is complete.
+    """
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        match = LEFTOVER.fullmatch(path.name)
+        if match is None or owner_alive(int(match["pid"]), path):
+            continue
+        final = folder / match["name"]
+        if match["kind"] == "old" and not final.exists() and not final.is_symlink():
+            os.replace(path, final)
+            continue
+        remove_tree(path)
+        removed.append(path)
+    return removed
+
+
+def prune_scratch(parent: Path, prefix: str = "") -> list[Path]:
+    """Remove scratch_dir folders under parent (names starting with prefix) whose process is gone.
+
+    A name without a pid was made before scratch_dir put one in; such a folder predates this run, and
+    the build of that time removed all of output/build/tmp at its start anyway.
+    """
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for path in sorted(parent.iterdir()):
+        if not path.name.startswith(prefix):
+            continue
+        match = SCRATCH.fullmatch(path.name[len(prefix):])
+        if match is not None and owner_alive(int(match["pid"]), path):
+            continue
+        remove_tree(path)
+        removed.append(path)
+    return removed

@@ -13,6 +13,7 @@ from sysvm.fsutil import sha256_file
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+HARDWARE_VERSION = 13  # vmx-13 needs ESXi 6.5 or later; sysvm.yaml's export.vmware_hardware_version sets it
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class VirtualMachine:
     capacity_bytes: int
     cpus: int = 1
     memory_mib: int = 256
-    hardware_version: str = "vmx-11"
+    hardware_version: int = HARDWARE_VERSION  # written vmx-NN as VMware spells it: vmx-07, vmx-13
     os_id: int = 101  # CIM id of "Other Linux (64-bit)"
     os_type: str = "otherLinux64Guest"
 
@@ -89,7 +90,7 @@ def descriptor(vm: VirtualMachine) -> str:
         <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
         <vssd:InstanceID>0</vssd:InstanceID>
         <vssd:VirtualSystemIdentifier>{escape(vm.name)}</vssd:VirtualSystemIdentifier>
-        <vssd:VirtualSystemType>{vm.hardware_version}</vssd:VirtualSystemType>
+        <vssd:VirtualSystemType>vmx-{vm.hardware_version:02d}</vssd:VirtualSystemType>
       </System>
 {items}      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="bios"/>
     </VirtualHardwareSection>
@@ -103,9 +104,10 @@ def manifest(entries: dict[str, str]) -> str:
     return "".join(f"SHA256({name})= {digest}\n" for name, digest in entries.items())
 
 
-def write_ova(destination: Path, name: str, vmdk: Path, capacity_bytes: int) -> None:
+def write_ova(destination: Path, name: str, vmdk: Path, capacity_bytes: int,
+              hardware_version: int = HARDWARE_VERSION) -> None:
     vm = VirtualMachine(name=name, disk_file=f"{name}-disk1.vmdk", disk_file_size=vmdk.stat().st_size,
-                        capacity_bytes=capacity_bytes)
+                        capacity_bytes=capacity_bytes, hardware_version=hardware_version)
     ovf_bytes = descriptor(vm).encode()
     ovf_name, mf_name = f"{name}.ovf", f"{name}.mf"
     mf_bytes = manifest({ovf_name: hashlib.sha256(ovf_bytes).hexdigest(),

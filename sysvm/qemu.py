@@ -9,13 +9,14 @@ import re
 import socket
 import subprocess
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sysvm import log
 from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_write
-from sysvm.run import run
+from sysvm.run import run, spawn
 
 # A guest proves KVM works when its kernel prints its banner; a guest that hangs under nested KVM prints nothing.
 PROBE_MESSAGE = b"Linux version"
@@ -49,16 +50,14 @@ def probe_kvm(cache_dir: Path) -> bool:
                "-display", "none", "-no-reboot", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
                "-serial", f"file:{console}"]
     log.say(f"    probing KVM (up to {PROBE_TIMEOUT_S:.0f}s)")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     works = False
-    deadline = time.monotonic() + PROBE_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        if console.is_file() and PROBE_MESSAGE in console.read_bytes():
-            works = True
-            break
-        time.sleep(0.5)
-    process.kill()
-    process.wait()
+    with spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        while time.monotonic() < deadline and process.poll() is None:
+            if console.is_file() and PROBE_MESSAGE in console.read_bytes():
+                works = True
+                break
+            time.sleep(0.5)
     atomic_write(record, json.dumps({"boot_id": boot_id, "kvm": works}))
     log.say(f"    KVM {'works' if works else 'does not work here: using TCG (software emulation)'}")
     return works
@@ -94,6 +93,7 @@ class VirtualMachine:
     process: subprocess.Popen[bytes] | None = None
     ssh_port: int = 0
     started_at: float = 0.0  # time.monotonic() when QEMU was started
+    _owner: ExitStack = field(default_factory=ExitStack, repr=False)  # holds the QEMU process while it runs
 
     @property
     def console_log(self) -> Path:
@@ -120,7 +120,15 @@ class VirtualMachine:
             command += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net{index},mac={nic_mac(index)}"]
         return command
 
+    def __enter__(self) -> VirtualMachine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def start(self) -> None:
+        """Boot the VM; stop() (or leaving the `with` block) ends QEMU on every path."""
         self.folder.mkdir(parents=True, exist_ok=True)
         overlay = self.folder / f"{self.name}-overlay.qcow2"
         overlay.unlink(missing_ok=True)
@@ -133,8 +141,8 @@ class VirtualMachine:
         log.say(f"    {self.name}: starting QEMU ({self.accel}); serial console: {self.console_log}")
         (self.folder / f"{self.name}-qemu.cmd").write_text(" ".join(command) + "\n")
         self.started_at = time.monotonic()
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                        stderr=(self.folder / f"{self.name}-qemu.log").open("wb"))
+        with (self.folder / f"{self.name}-qemu.log").open("wb") as qemu_log:
+            self.process = self._owner.enter_context(spawn(command, stdout=subprocess.DEVNULL, stderr=qemu_log))
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -203,9 +211,7 @@ class VirtualMachine:
             time.sleep(2)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        self._owner.close()
         (self.folder / f"{self.name}-overlay.qcow2").unlink(missing_ok=True)
         self.agent_socket.unlink(missing_ok=True)
 

@@ -1,18 +1,66 @@
-"""The one way sysvm runs external programs: logged, timed, never through a shell."""
+"""The one way sysvm runs external programs: logged, timed, never through a shell, and owned.
+
+Every child is started by `spawn`, which ends it when its block exits, however it exits. The children
+alive at any moment are known, so an interrupted run ends them all at once (`end_children`, called from
+the SIGINT/SIGTERM handler) rather than waiting for worker threads; and each child is started through
+`setpriv --pdeathsig TERM`, so the kernel ends it if sysvm itself is killed outright (SIGKILL).
+"""
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sysvm import log
 from sysvm.errors import SysvmError
 
 Command = Sequence[str | os.PathLike[str]]
+END_GRACE_S = 10.0  # QEMU and Packer get this long to stop cleanly before they are killed
+# Adding to, removing from and copying a set are single steps under CPython's GIL: no lock, so that the
+# signal handler can never wait for one its own thread holds.
+_children: set[subprocess.Popen[bytes]] = set()
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(END_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def spawn(command: Command, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a child that this process owns for the duration of the block (see the module's text)."""
+    argv = [os.fspath(part) for part in command]
+    if shutil.which(argv[0]) is None:
+        raise SysvmError(f"{argv[0]}: program not found")
+    process = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *argv], **popen)
+    _children.add(process)
+    try:
+        yield process
+    finally:
+        _end(process)
+        _children.discard(process)
+
+
+def end_children() -> None:
+    """Ask every child still running to stop (an interrupted run), without waiting for the threads that own
+    them; each owner's `spawn` block then waits for it, and kills it after the grace time. Only signals are
+    sent here: this runs in a signal handler, which must not wait on a process its own thread waits on."""
+    for process in tuple(_children):
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
 
 
 def _tail(text: str, lines: int = 5) -> str:
@@ -52,16 +100,15 @@ def run(
         else:
             stdout = out_handle or logfile
             stderr = logfile
-        try:
-            # Without input, stdin is empty rather than inherited: some tools (mmdebstrap) read it when it
-            # is not a terminal, and CI has no terminal.
-            stdin = None if input is not None else subprocess.DEVNULL
-            result = subprocess.run(argv, input=input, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
-                                    cwd=cwd, timeout=timeout, check=False)
-        except FileNotFoundError as error:
-            raise SysvmError(f"{argv[0]}: program not found") from error
-        except subprocess.TimeoutExpired as error:
-            raise SysvmError(f"{printable}: no result after {timeout:.0f}s") from error
+        # Without input, stdin is empty rather than inherited: some tools (mmdebstrap) read it when it
+        # is not a terminal, and CI has no terminal.
+        stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
+        with spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env, cwd=cwd) as process:
+            try:
+                out, err = process.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired as error:
+                raise SysvmError(f"{printable}: no result after {timeout:.0f}s") from error
+        result = subprocess.CompletedProcess(argv, process.returncode, out, err)
     finally:
         if out_handle is not None:
             out_handle.close()

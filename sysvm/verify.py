@@ -78,6 +78,8 @@ def role_boot(role: str, management_key: str) -> RoleBoot:
         # What a management server adds for the guest network's DHCP and DNS (CloudStack's router.sh reads them).
         extra = {"name": "r-4-VM" if role == "router" else "r-6-VM", "guestgw": "10.1.1.1",
                  "guestbrd": "10.1.1.255", "guestcidrsize": "24", "dhcprange": "10.1.1.1"}
+        if role == "dhcpsrvr":  # a management route through a gateway on no NIC: it must fail alone
+            extra.update({"mgmtcidr": "10.9.0.0/16", "localgw": "10.8.0.1"})
         control_index = 1
     values = {"template": "domP", "type": role}
     values.update({k: v for k, v in extra.items() if k == "name"})
@@ -108,7 +110,8 @@ def router_documents(boot: RoleBoot) -> dict[str, dict[str, object]]:
         documents["ip_associations.json.7a1f0c9e-0001"] = {"type": "ips", "ip_address": [{
             "public_ip": values[f"eth{public_index}ip"], "source_nat": True, "add": True, "one_to_one_nat": False,
             "first_i_p": True, "gateway": values["gateway"], "netmask": values[f"eth{public_index}mask"],
-            "vif_mac_address": nic_mac(public_index), "nic_dev_id": public_index, "new_nic": False}]}
+            "vif_mac_address": nic_mac(public_index), "nic_dev_id": public_index, "new_nic": False,
+            "nw_type": "public", "is_private_gateway": False}]}
     if boot.role == "vpcrouter":  # isolated and shared networks come with the command line
         documents["guest_network.json.7a1f0c9e-0002"] = {
             "type": "guestnetwork", "add": True, "mac_address": nic_mac(guest_index),
@@ -117,7 +120,7 @@ def router_documents(boot: RoleBoot) -> dict[str, dict[str, object]]:
             "domain_name": values["domain"]}
     documents["vm_dhcp_entry.json.7a1f0c9e-0003"] = {
         "type": "dhcpentry", "host_name": GUEST_VM["name"], "mac_address": GUEST_VM["mac"],
-        "ipv4_address": GUEST_VM["ip"], "default_gateway": guest_ip, "default_entry": True}
+        "ipv4_address": GUEST_VM["ip"], "default_gateway": guest_ip, "default_entry": True, "remove": False}
     return documents
 
 
@@ -213,18 +216,16 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
     timeout = config.verify.boot_timeout_s
     started = time.monotonic()
     try:
-        vm.start()
-        outcome.timings["agent_s"] = round(vm.hand_over_cmdline(boot.cmdline(), timeout), 1)
-        outcome.timings["ssh_s"] = round(vm.wait_for_ssh(max(1.0, timeout - (time.monotonic() - started))), 1)
-        check(vm, boot, key_file, outcome)
+        with vm:
+            outcome.timings["agent_s"] = round(vm.hand_over_cmdline(boot.cmdline(), timeout), 1)
+            outcome.timings["ssh_s"] = round(vm.wait_for_ssh(max(1.0, timeout - (time.monotonic() - started))), 1)
+            check(vm, boot, key_file, outcome)
     except SysvmError as error:
         outcome.passed, outcome.message = False, str(error)
     except Exception as error:  # noqa: BLE001 - one boot's crash is that boot's failed test, not the run's
         outcome.passed = False
         outcome.message = f"{name}: {type(error).__name__}: {error}; console: {vm.console_tail()}"
-    finally:
-        vm.stop()
-        outcome.timings["total_s"] = round(time.monotonic() - started, 1)
+    outcome.timings["total_s"] = round(time.monotonic() - started, 1)
     return outcome
 
 

@@ -59,6 +59,24 @@ class Workspace:
         for folder in folders[keep:]:
             remove_tree(folder)
 
+    def remove_leftovers(self) -> list[Path]:
+        """Remove what builds killed outright (SIGKILL, power loss) left behind; return what was removed.
+
+        That is atomic_path temporaries beside stage folders, artifacts, verify files and cached chroots,
+        scratch folders under build/tmp, and export's staging folders. Whatever belongs to a process that
+        is still running (a concurrent build) stays.
+        """
+        from sysvm.fsutil import prune_leftovers, prune_scratch
+
+        folders = [self.root, self.build, self.artifacts, self.verify, self.logs, self.cache]
+        for parent in (self.cache, self.verify):
+            if parent.is_dir():
+                folders += sorted(path for path in parent.iterdir() if path.is_dir() and not path.name.startswith("."))
+        removed = [path for folder in folders for path in prune_leftovers(folder)]
+        removed += prune_scratch(self.build / "tmp")
+        removed += prune_scratch(self.artifacts, ".staging-")
+        return removed
+
 
 def clean(workspace: Workspace, everything: bool = False) -> None:
     from sysvm.fsutil import remove_tree

@@ -109,3 +109,78 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "debian.release: unknown release 'hamm'" in lines[0]
     assert written() == before
+
+
+def test_artifact_names_follow_the_version_as_data():
+    assert config.load().export.name_pattern_for("4.20.0") == "systemvmtemplate-{version}-{arch}-{hypervisor}"
+    assert config.load().export.name_pattern_for("4.19.1") == "systemvmtemplate-{version}-{hypervisor}"
+    # The newest from_version not above cloudstack.version applies, whatever the order of the list.
+    shuffled = config.load(None, ['export.name_patterns=[{from_version: "4.21.0", name_pattern: "c-{version}-{hypervisor}"},'
+                                  ' {from_version: "4.1.0", name_pattern: "a-{version}-{hypervisor}"},'
+                                  ' {from_version: "4.20.0", name_pattern: "b-{version}-{hypervisor}"}]'])
+    assert [shuffled.export.name_pattern_for(v) for v in ("4.9.9", "4.20.0", "4.20.3.1", "4.21.0")] == [
+        "a-{version}-{hypervisor}", "b-{version}-{hypervisor}", "b-{version}-{hypervisor}", "c-{version}-{hypervisor}"]
+    override = config.load(None, ["export.name_pattern=mine-{version}-{hypervisor}", "cloudstack.version=4.19.1"])
+    assert override.export.name_pattern_for("4.19.1") == "mine-{version}-{hypervisor}"
+
+
+def test_release_numbers_and_export_defaults(default_config):
+    assert {name: release.number for name, release in default_config.releases.items()} == {
+        "buster": 10, "bullseye": 11, "bookworm": 12, "trixie": 13}
+    assert default_config.export.vmware_hardware_version == 13
+    assert default_config.export.download_url == "https://download.cloudstack.org/systemvm/{major}.{minor}/"
+    assert default_config.export.metadata_format_for("4.20.0").checksum == "md5"
+    assert default_config.export.metadata_format_for("4.22.0").checksum == "sha512"
+    assert default_config.export.metadata_format_for("4.15.0") is None
+
+
+def test_bad_export_settings_name_the_key(tmp_path):
+    cases = {
+        "export.name_patterns=[]": "export.name_patterns: no entry applies to cloudstack.version 4.20.0",
+        'export.name_patterns=[{from_version: "4.x", name_pattern: "a-{version}-{hypervisor}"}]':
+            "export.name_patterns.0.from_version: expected a version like 4.20.0, got '4.x'",
+        'export.name_patterns=[{from_version: "4.0.0", name_pattern: "a-{version}"}]':
+            "export.name_patterns.0.name_pattern: must contain {version} and {hypervisor}",
+        'export.name_patterns=[{from_version: "4.0.0", name_pattern: "a-{version}-{hypervisor}"},'
+        ' {from_version: "4.0.0", name_pattern: "b-{version}-{hypervisor}"}]':
+            "export.name_patterns: two entries have the same from_version",
+        "export.name_patterns=[{from_version: '4.0.0'}]": "export.name_patterns.0.name_pattern: missing required key",
+        "export.name_pattern=x-{version}-{hypervisor}-{flavour}":
+            "export.name_pattern: only {version}, {arch} and {hypervisor} may be used",
+        "export.vmware_hardware_version=130":
+            "export.vmware_hardware_version: expected a VMware virtual hardware version from 7 to 22, got 130",
+        "export.vmware_hardware_version=vmx-13": "export.vmware_hardware_version: expected an integer",
+        "export.download_url=download.cloudstack.org": "export.download_url: expected a URL",
+        "export.download_url=https://example.org/{series}/": "export.download_url: only {major}, {minor} and {version}",
+        "releases.bookworm.number=0": "releases.bookworm.number: expected Debian's release number, got 0",
+        "releases.bookworm.number=twelve": "releases.bookworm.number: expected an integer",
+    }
+    for assignment, expected in cases.items():
+        message = _error(tmp_path, None, [assignment])
+        assert message.startswith(f"--set {assignment}: {expected}")
+
+
+def test_bad_metadata_formats_name_the_file_line_and_key(tmp_path):
+    base = ("export:\n  metadata_formats:\n    - from_version: '4.22.0'\n      checksum: {checksum}\n"
+            "      templatename: 'systemvm-{{hypervisor}}-{{version}}-{{arch}}'\n      keys: {keys}\n"
+            "      arch_sections: {arch}\n")
+    good = {"checksum": "sha512", "keys": "[templatename, checksum]", "arch": "[kvm]"}
+    assert config.load(_user(tmp_path, base.format(**good))).export.metadata_format_for("4.22.0").keys == [
+        "templatename", "checksum"]
+    user = f"{tmp_path / 'user.yaml'}:2: export.metadata_formats"
+    assert _error(tmp_path, base.format(**{**good, "checksum": "sha1"})).startswith(
+        f"{user}.0.checksum: expected one of md5, sha512")
+    assert _error(tmp_path, base.format(**{**good, "keys": "[templatename, size]"})) == (
+        f"{user}.0.keys.1: unknown key 'size' (expected one of: templatename, checksum, downloadurl, filename, "
+        "arch, guestos)")
+    assert _error(tmp_path, base.format(**{**good, "arch": "[xen]"})) == (
+        f"{user}.0.arch_sections.0: unknown CloudStack hypervisor 'xen' (expected one of: kvm, vmware, xenserver, "
+        "hyperv, lxc, ovm3)")
+    assert _error(tmp_path, base.format(**good).replace("-{arch}'", "-{flavour}'")) == (
+        f"{user}.0.templatename: only {{hypervisor}}, {{version}} and {{arch}} may be used")
+
+
+def _user(tmp_path: Path, text: str) -> Path:
+    user = tmp_path / "user.yaml"
+    user.write_text(text)
+    return user

@@ -1,12 +1,15 @@
-"""Export stage on a small real image: names, formats, OVA layout, checksums, report, caching, interruption."""
+"""Export stage on a small real image: names, formats, OVA layout, checksums, metadata.ini, report, caching,
+interruption."""
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import json
 import subprocess
 import tarfile
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import pytest
 
@@ -31,13 +34,20 @@ def provisioned(tmp_path) -> tuple[FinalImage, Rootfs]:
     return FinalImage("k" * 16, image), Rootfs("r" * 16, tmp_path / "rootfs.tar", packages)
 
 
-def test_names_follow_the_pattern():
-    default = config.load()
-    assert export.artifact_name(default, "kvm") == "systemvmtemplate-4.20.0-kvm.qcow2.bz2"
-    assert export.artifact_name(default, "vmware") == "systemvmtemplate-4.20.0-vmware.ova"
-    with_arch = config.load(None, ["export.name_pattern=systemvmtemplate-{version}-{arch}-{hypervisor}"])
-    assert export.artifact_name(with_arch, "xen") == "systemvmtemplate-4.20.0-x86_64-xen.vhd.bz2"
-    assert export.artifact_name(with_arch, "hyperv") == "systemvmtemplate-4.20.0-x86_64-hyperv.vhd.zip"
+def test_names_follow_the_version_as_upstream():
+    default = config.load()  # 4.20.0: the architecture is in the name
+    assert export.artifact_name(default, "kvm") == "systemvmtemplate-4.20.0-x86_64-kvm.qcow2.bz2"
+    assert export.artifact_name(default, "vmware") == "systemvmtemplate-4.20.0-x86_64-vmware.ova"
+    assert export.artifact_name(default, "xen") == "systemvmtemplate-4.20.0-x86_64-xen.vhd.bz2"
+    assert export.artifact_name(default, "hyperv") == "systemvmtemplate-4.20.0-x86_64-hyperv.vhd.zip"
+    assert export.artifact_name(default, "ovm") == "systemvmtemplate-4.20.0-x86_64-ovm.raw.bz2"
+    older = config.load(None, ["cloudstack.version=4.19.1"])
+    assert export.artifact_name(older, "kvm") == "systemvmtemplate-4.19.1-kvm.qcow2.bz2"
+    assert export.artifact_name(older, "ovm") == "systemvmtemplate-4.19.1-ovm.raw.bz2"
+    newer = config.load(None, ["cloudstack.version=4.22.0.1"])
+    assert export.artifact_name(newer, "xen") == "systemvmtemplate-4.22.0.1-x86_64-xen.vhd.bz2"
+    mine = config.load(None, ["export.name_pattern=sysvm-{hypervisor}-{version}"])
+    assert export.artifact_name(mine, "kvm") == "sysvm-kvm-4.20.0.qcow2.bz2"
 
 
 def test_export_makes_every_artifact_with_checksums_and_report(provisioned, workspace, tmp_path):
@@ -47,7 +57,8 @@ def test_export_makes_every_artifact_with_checksums_and_report(provisioned, work
     folder = workspace.artifacts
     names = {h: export.artifact_name(cfg, h) for h in cfg.export.hypervisors}
     assert {p.name for p in folder.iterdir()} == {*names.values(), "md5sum.txt", "sha512sum.txt",
-                                                  "packages.txt", "build-report.json"}
+                                                  "packages.txt", "build-report.json", "metadata.ini"}
+    assert result.metadata == folder / "metadata.ini"
     for algorithm, listing in (("md5", "md5sum.txt"), ("sha512", "sha512sum.txt")):
         lines = dict(reversed(line.split("  ")) for line in (folder / listing).read_text().splitlines())
         for name in names.values():
@@ -70,6 +81,84 @@ def test_export_makes_every_artifact_with_checksums_and_report(provisioned, work
     assert report["virtual_size"] == 48 * MIB and report["durations_s"]["rootfs"] == 1.0
     assert set(report["artifacts"]) == set(names.values())
     assert report["tools"]["qemu-img"].startswith("qemu-img version")
+    assert report["name_pattern"] == "systemvmtemplate-{version}-{arch}-{hypervisor}"
+    ini = (folder / "metadata.ini").read_text()
+    assert report["metadata"] == {"file": "metadata.ini", "format_from_version": "4.20.0",
+                                  "sha512": hashlib.sha512(ini.encode()).hexdigest(),
+                                  "sections": ["default", "kvm", "vmware", "xenserver", "hyperv", "lxc", "ovm3"]}
+
+
+def _sums(path) -> dict[str, str]:
+    return dict(reversed(line.split("  ")) for line in path.read_text().splitlines())
+
+
+def test_metadata_of_a_default_4_20_0_build_matches_the_checksum_lists(provisioned, workspace):
+    disk, rootfs = provisioned
+    cfg = config.load()
+    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
+    folder = workspace.artifacts
+    text = (folder / "metadata.ini").read_text()
+    print(text)  # shown with -s: the file a 4.20.0 build writes
+    ini = configparser.ConfigParser()
+    ini.read_string(text)
+    md5 = _sums(folder / "md5sum.txt")
+    assert ini["default"]["version"] == "4.20.0.0"
+    for section, hypervisor in (("kvm", "kvm"), ("vmware", "vmware"), ("xenserver", "xen"), ("hyperv", "hyperv"),
+                                ("lxc", "kvm")):
+        name = export.artifact_name(cfg, hypervisor)
+        assert ini[section]["filename"] == name and (folder / name).is_file()
+        # 4.20.0's management server compares MD5 digests (SHA-512 from 4.22.0).
+        assert ini[section]["checksum"] == md5[name] == hashlib.md5((folder / name).read_bytes()).hexdigest()
+        assert ini[section]["downloadurl"] == f"https://download.cloudstack.org/systemvm/4.20/{name}"
+        assert ini[section]["templatename"] == f"systemvm-{section}-4.20.0-x86_64"
+        assert ini[section]["arch"] == "x86_64"
+    assert ini["ovm3"]["checksum"] == ""  # not built: listed because 4.20.0 reads every section
+
+
+def test_ovm_raw_image_with_sha512_metadata_for_4_22(provisioned, workspace, tmp_path):
+    disk, rootfs = provisioned
+    cfg = config.load(None, ["cloudstack.version=4.22.0", "export.hypervisors=[kvm, ovm]"])
+    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
+    folder = workspace.artifacts
+    ovm = folder / "systemvmtemplate-4.22.0-x86_64-ovm.raw.bz2"
+    assert export.artifact_name(cfg, "ovm") == ovm.name
+    raw = tmp_path / "ovm.raw"
+    subprocess.run(["bunzip2", "-c", str(ovm)], check=True, stdout=raw.open("wb"))  # plain bzip2 reads it
+    assert raw.stat().st_size == 48 * MIB
+    assert subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(disk.image), str(raw)],
+                          capture_output=True).returncode == 0
+    sha512 = _sums(folder / "sha512sum.txt")
+    assert sha512[ovm.name] == hashlib.sha512(ovm.read_bytes()).hexdigest()
+    assert ovm.name in json.loads((folder / "build-report.json").read_text())["artifacts"]
+    ini = configparser.ConfigParser()
+    ini.read_string((folder / "metadata.ini").read_text())
+    assert ini.sections() == ["default", "kvm-x86_64", "lxc", "ovm3"]  # only what was built
+    assert ini["ovm3"]["checksum"] == sha512[ovm.name]
+    assert ini["ovm3"]["filename"] == ovm.name
+    assert ini["ovm3"]["guestos"] == "Debian GNU/Linux 12 (64-bit)"
+    assert ini["kvm-x86_64"]["checksum"] == ini["lxc"]["checksum"] == sha512[export.artifact_name(cfg, "kvm")]
+
+
+def test_metadata_settings_rewrite_metadata_ini_without_remaking_artifacts(provisioned, workspace, monkeypatch):
+    disk, rootfs = provisioned
+    cfg = config.load(None, ["export.hypervisors=[kvm]", "cloudstack.version=4.22.0"])
+    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
+    folder = workspace.artifacts
+    kvm = folder / export.artifact_name(cfg, "kvm")
+    made = kvm.stat().st_mtime_ns
+    monkeypatch.setattr(export, "_make_artifact", lambda *a: pytest.fail("an artifact was remade"))
+    moved = config.load(None, ["export.hypervisors=[kvm]", "cloudstack.version=4.22.0",
+                               "export.download_url=https://templates.example/{version}/", "debian.release=trixie"])
+    export.export(moved, disk, render(moved, workspace), rootfs, workspace, {})
+    ini = configparser.ConfigParser()
+    text = (folder / "metadata.ini").read_text()
+    ini.read_string(text)
+    assert ini["kvm-x86_64"]["downloadurl"] == f"https://templates.example/4.22.0/{kvm.name}"
+    report = json.loads((folder / "build-report.json").read_text())
+    assert report["metadata"]["sha512"] == hashlib.sha512(text.encode()).hexdigest()
+    assert report["inputs"]["export"]["download_url"] == "https://templates.example/{version}/"
+    assert kvm.stat().st_mtime_ns == made
+    assert ini["kvm-x86_64"]["guestos"] == "Debian GNU/Linux 13 (64-bit)"
 
 
 def test_ova_layout_descriptor_and_manifest(provisioned, workspace):
@@ -91,7 +180,7 @@ def test_ova_layout_descriptor_and_manifest(provisioned, workspace):
     disk_element = envelope.find("ovf:DiskSection/ovf:Disk", ns)
     assert disk_element.get(f"{{{OVF_NS}}}capacity") == "48"
     assert disk_element.get(f"{{{OVF_NS}}}format").endswith("#streamOptimized")
-    assert envelope.find(".//vssd:VirtualSystemType", ns).text == "vmx-11"
+    assert envelope.find(".//vssd:VirtualSystemType", ns).text == "vmx-13"  # as upstream since 4.20
     assert envelope.find(".//ovf:OperatingSystemSection", ns).get(f"{{{OVF_NS}}}id") == "101"
     subtypes = {item.find("rasd:ResourceType", ns).text: (item.find("rasd:ResourceSubType", ns).text
                                                           if item.find("rasd:ResourceSubType", ns) is not None else None)
@@ -106,6 +195,16 @@ def test_ova_layout_descriptor_and_manifest(provisioned, workspace):
 def test_descriptor_escapes_names():
     text = descriptor(VirtualMachine("a&b", "a&b.vmdk", 10, MIB))
     ElementTree.fromstring(text)
+
+
+def test_hardware_version_is_a_setting_for_older_esxi():
+    ns = {"vssd": "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"}
+    for version, expected in ((11, "vmx-11"), (7, "vmx-07"), (13, "vmx-13")):
+        envelope = ElementTree.fromstring(descriptor(VirtualMachine("v", "v.vmdk", 10, MIB, hardware_version=version)))
+        assert envelope.find(".//vssd:VirtualSystemType", ns).text == expected
+    image = FinalImage("k" * 16, Path("systemvm.raw"))
+    older = config.load(None, ["export.vmware_hardware_version=11"])
+    assert export.export_key(older, image) != export.export_key(config.load(), image)  # the OVA is remade
 
 
 def test_rerun_with_nothing_changed_does_no_work(provisioned, workspace, monkeypatch):
@@ -135,7 +234,10 @@ def test_interrupted_export_leaves_nothing_that_looks_finished(provisioned, work
 
 def test_stage_keys_change_with_inputs():
     from sysvm.render import render_key
-    from sysvm.rootfs import rootfs_key
+    from sysvm.rootfs import inputs_key, suites
+
+    def rootfs_key(cfg: config.Config) -> str:  # what the configuration asks of the rootfs stage
+        return inputs_key(cfg, suites(cfg))
 
     base = config.load()
     assert render_key(base) == render_key(config.load())

@@ -1,0 +1,250 @@
+"""rootfs stage: the key follows the mirror, an end-of-life suite stops the build in one line, an unreachable
+mirror falls back on a recent cached rootfs only.
+
+Tests marked as using the network ask the Debian mirror this host's apt uses (`debian.mirror: auto`), as a
+build does; they take a few seconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sysvm import config, rootfs
+from sysvm.errors import SysvmError
+from sysvm.run import run
+from sysvm.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(*overrides: str) -> config.Config:
+    return config.load(None, list(overrides))
+
+
+def one_line_error(action) -> str:
+    with pytest.raises(SysvmError) as caught:
+        action()
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def closed_port_url() -> str:
+    """A mirror URL nobody answers on: a port that was just free on the loopback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# ------------------------------------------------------------------------------------------ offline
+
+
+def test_sources_per_release_and_without_security(tmp_path):
+    host = tmp_path / "debian.sources"
+    host.write_text("Types: deb\nURIs: http://mirror.invalid/debian/\nSuites: bookworm\n\n"
+                    "Types: deb\nURIs: http://mirror.invalid/debian-security\nSuites: bookworm-security\n")
+    sources = (host,)
+    assert rootfs.apt_sources(load(), sources) == [
+        "deb http://mirror.invalid/debian bookworm main",
+        "deb http://mirror.invalid/debian bookworm-updates main",
+        "deb http://mirror.invalid/debian-security bookworm-security main"]
+    without = load("debian.release=bullseye", "releases.bullseye.without_security=true")
+    assert [suite.name for suite in rootfs.suites(without, sources)] == ["bullseye", "bullseye-updates"]
+    buster = rootfs.suites(load("debian.release=buster"), sources)
+    assert [(suite.name, suite.security) for suite in buster] == [("buster", False), ("buster/updates", True)]
+    assert buster[0].mirror.endswith("/debian")  # its archive mirror from the release data, not the host's
+
+
+def test_settings_of_the_rootfs_are_checked():
+    message = one_line_error(lambda: load("debian.max_rootfs_age_days=-1"))
+    assert "debian.max_rootfs_age_days: expected 0 or more days, got -1" in message
+    message = one_line_error(lambda: load("releases.bullseye.without_security=true",
+                                          "releases.bullseye.security_mirror=http://mirror.invalid/debian-security"))
+    assert "releases.bullseye.without_security: true contradicts security_mirror" in message
+    message = one_line_error(lambda: load("releases.bullseye.without_security=yes please"))
+    assert "releases.bullseye.without_security: expected true or false" in message
+
+
+def local_mirror(root: Path, packages: dict[str, str], date: str = "Sat, 11 Jul 2026 10:16:37 UTC") -> str:
+    """A mirror as apt reads it, as files: each suite's InRelease lists its Packages index by checksum."""
+    for suite, index in packages.items():
+        dists = root / "dists" / suite
+        (dists / "main/binary-amd64").mkdir(parents=True, exist_ok=True)
+        (dists / "main/binary-amd64/Packages").write_text(index)
+        digest = hashlib.sha256(index.encode()).hexdigest()
+        (dists / "InRelease").write_text(f"Origin: Debian\nCodename: {suite}\nDate: {date}\nSHA256:\n"
+                                         f" {digest} {len(index)} main/binary-amd64/Packages\n")
+    pool = root / "pool/main/h/hello/hello_1_amd64.deb"
+    pool.parent.mkdir(parents=True, exist_ok=True)
+    pool.write_bytes(b"!<arch>\n")
+    return root.as_uri()
+
+
+def test_the_key_follows_the_package_lists_not_the_release_date(tmp_path, workspace):
+    index = "Package: hello\nVersion: 1\nFilename: pool/main/h/hello/hello_1_amd64.deb\n\n"
+    suites = {"bookworm": index, "bookworm-updates": index, "bookworm-security": index}
+    url = local_mirror(tmp_path / "mirror", suites)
+    settings = (f"debian.mirror={url}", f"debian.security_mirror={url}")
+
+    first, base = rootfs.plan(load(*settings), workspace)
+    assert first.suites == {name: "2026-07-11T10:16:37+00:00" for name in suites}
+    assert not first.without_security
+
+    local_mirror(tmp_path / "mirror", suites, date="Sun, 12 Jul 2026 08:00:00 UTC")  # re-signed, same packages
+    resigned, _ = rootfs.plan(load(*settings), workspace)
+    assert resigned.key == first.key
+    assert resigned.suites["bookworm-security"] == "2026-07-12T08:00:00+00:00"
+
+    local_mirror(tmp_path / "mirror", {"bookworm-security": index.replace("Version: 1", "Version: 1+deb12u1")})
+    updated, updated_base = rootfs.plan(load(*settings), workspace)
+    assert updated.key != first.key  # a security update reached the mirror: the cached rootfs is stale
+    assert updated_base == base  # the configuration did not change, only the mirror
+    assert updated.tarball.parent == workspace.stage_dir("rootfs", updated.key)
+
+
+# ------------------------------------------------------------------------------------- unreachable
+
+
+def cached_rootfs(workspace: Workspace, configuration: config.Config, age_days: float) -> rootfs.Rootfs:
+    """A rootfs stage folder as an earlier build left it, built `age_days` ago for this configuration."""
+    base = rootfs.inputs_key(configuration, rootfs.suites(configuration))
+    folder = workspace.stage_dir("rootfs", f"{age_days:016.0f}")
+    folder.mkdir(parents=True)
+    (folder / "rootfs.tar").write_bytes(b"tar")
+    (folder / "packages.txt").write_text("hello\t1\tamd64\n")
+    built = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=age_days)
+    record = {"inputs_key": base, "built": built.isoformat(), "suites": {"bookworm": "2026-07-11T10:16:37+00:00"},
+              "without_security": False}
+    (folder / rootfs.RECORD).write_text(json.dumps(record))
+    return rootfs.Rootfs(folder.name.removeprefix("rootfs-"), folder / "rootfs.tar", folder / "packages.txt",
+                         record["suites"])
+
+
+def test_an_unreachable_mirror_reuses_a_recent_rootfs_and_refuses_an_old_one(workspace, capsys):
+    url = closed_port_url()
+    offline = load(f"debian.mirror={url}/debian", f"debian.security_mirror={url}/debian-security")
+
+    message = one_line_error(lambda: rootfs.build_rootfs(offline, workspace))
+    assert message.startswith(f"rootfs: cannot reach {url}/debian/dists/bookworm/")
+    assert message.endswith("and there is no cached rootfs for these inputs")
+
+    old = cached_rootfs(workspace, offline, age_days=10)
+    message = one_line_error(lambda: rootfs.build_rootfs(offline, workspace))
+    assert "the cached rootfs is 10.0 days old, more than debian.max_rootfs_age_days (7)" in message
+    assert rootfs.build_rootfs(load(*(f"debian.{key}={url}/{path}" for key, path in (
+        ("mirror", "debian"), ("security_mirror", "debian-security"))), "debian.max_rootfs_age_days=30"),
+        workspace) == old
+
+    recent = cached_rootfs(workspace, offline, age_days=2)
+    capsys.readouterr()
+    started = time.monotonic()
+    assert rootfs.build_rootfs(offline, workspace) == recent  # the newer of the two, without mmdebstrap
+    assert time.monotonic() - started < 5
+    assert "reusing the rootfs built 2.0 days ago (debian.max_rootfs_age_days: 7)" in capsys.readouterr().err
+
+    message = one_line_error(lambda: rootfs.build_rootfs(offline, workspace, force=True))
+    assert message.endswith("a forced rebuild needs the mirror")
+    never = load(f"debian.mirror={url}/debian", f"debian.security_mirror={url}/debian-security",
+                 "debian.max_rootfs_age_days=0")
+    assert "more than debian.max_rootfs_age_days (0)" in one_line_error(lambda: rootfs.build_rootfs(never, workspace))
+
+
+def test_a_network_outage_reuses_the_recent_rootfs_of_the_same_configuration(workspace):
+    """The default configuration (the host's mirror) in a network namespace that has no network at all."""
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("unshare --net needs root (the CI runs as root)")
+    recent = cached_rootfs(workspace, load(), age_days=1)
+    script = ("import sys\nfrom pathlib import Path\nfrom sysvm import config\nfrom sysvm.cli import guarded\n"
+              "from sysvm.rootfs import build_rootfs\nfrom sysvm.workspace import Workspace\n"
+              "print(guarded(lambda: build_rootfs(config.load(None, sys.argv[2:]), Workspace(Path(sys.argv[1])))).key)\n")
+
+    def offline(*overrides: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["unshare", "--net", sys.executable, "-c", script, str(workspace.root), *overrides],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+
+    reused = offline()
+    assert reused.returncode == 0 and reused.stdout.strip() == recent.key, reused.stderr
+    assert "reusing the rootfs built 1.0 days ago" in reused.stderr
+    refused = offline("debian.max_rootfs_age_days=0")
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines()[-1].endswith("more than debian.max_rootfs_age_days (0)")
+
+
+# ------------------------------------------------------------------------------------- the real mirror
+
+
+def test_the_mirror_state_of_bookworm(workspace):
+    configuration = load()
+    first, base = rootfs.plan(configuration, workspace)
+    assert list(first.suites) == ["bookworm", "bookworm-updates", "bookworm-security"]
+    for date in first.suites.values():
+        assert datetime.datetime.fromisoformat(date) < datetime.datetime.now(datetime.UTC)
+    states = rootfs.suite_states(configuration, rootfs.suites(configuration))
+    assert all("main/binary-amd64/Packages" in state.indexes for state in states.values())
+    assert rootfs.rootfs_key(base, states) == first.key  # the mirror read twice in a row: the same key
+
+
+def test_a_bullseye_build_stops_with_one_line_naming_the_missing_suite(tmp_path):
+    """Issue 12: bullseye's security packages are gone from the mirror; the build says so before mmdebstrap."""
+    script = ("from pathlib import Path\n"
+              "from sysvm.build import build\n"
+              "from sysvm.cli import guarded, load_config\n"
+              "from sysvm.workspace import Workspace\n"
+              f"guarded(lambda: build(load_config(None, ['debian.release=bullseye']), Workspace(Path({str(tmp_path)!r}))))\n")
+    started = time.monotonic()
+    finished = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL, check=False)
+    elapsed = time.monotonic() - started
+    security_mirror = rootfs.mirrors(load("debian.release=bullseye"))[1]
+
+    errors = [line for line in finished.stderr.splitlines() if line.startswith("sysvm: error:")]
+    assert finished.returncode == 2, finished.stderr
+    assert len(errors) == 1 and errors[0] == finished.stderr.rstrip("\n").splitlines()[-1]
+    assert errors[0].startswith(f"sysvm: error: bullseye-security: not on {security_mirror} (")
+    assert "HTTP 404" in errors[0]
+    assert errors[0].endswith("the release is past its security support; point releases.bullseye.security_mirror"
+                              " at an archive mirror or set releases.bullseye.without_security: true")
+    assert "mmdebstrap" not in (tmp_path / "logs" / "rootfs.log").read_text()  # stopped before it ran
+    assert not list((tmp_path / "build").glob("*rootfs-*"))
+    assert elapsed < 60
+
+
+def test_a_release_that_left_the_mirror_names_its_mirror_setting(workspace):
+    # buster is on the archive only; without its archive mirror it is looked for on the host's mirror.
+    buster = load("debian.release=buster", "releases.buster.mirror=", "releases.buster.security_mirror=")
+    message = one_line_error(lambda: rootfs.build_rootfs(buster, workspace))
+    assert message.startswith(f"buster: not on {rootfs.mirrors(buster)[0]} "
+                              "(HTTP 404 for dists/buster/InRelease and Release): ")
+    assert message.endswith("point releases.buster.mirror at an archive mirror")
+
+
+def test_bullseye_without_security_is_warned_about_recorded_and_simulates(workspace, capsys):
+    configuration = load("debian.release=bullseye", "releases.bullseye.without_security=true")
+    planned, _ = rootfs.plan(configuration, workspace)
+    warning = [line for line in capsys.readouterr().err.splitlines() if "WITHOUT" in line]
+    assert warning == ["    warning: building bullseye WITHOUT bullseye-security "
+                       "(releases.bullseye.without_security: true): the image gets no security updates"]
+    assert planned.without_security
+    assert list(planned.suites) == ["bullseye", "bullseye-updates"]
+    assert planned.key != rootfs.plan(load("debian.release=bookworm"), workspace)[0].key
+
+    cache = workspace.cache / "apt" / "bullseye-amd64"
+    cache.mkdir(parents=True)
+    command = rootfs.mmdebstrap_command(configuration, cache, workspace.root / "rootfs.tar",
+                                        workspace.root / "packages.txt")
+    assert [part for part in command if part.startswith("deb ")] == [suite.source() for suite in rootfs.suites(
+        configuration)] and not any(part.startswith("deb ") and "security" in part for part in command)
+    # apt resolves the whole package set from the two suites left, and nothing is installed.
+    run([command[0], "--simulate", *command[1:]], capture=True, timeout=300)

@@ -1,0 +1,102 @@
+"""Child processes: every one is owned, and none outlives sysvm, whatever ends it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sysvm.errors import SysvmError
+from sysvm.run import end_children, run, spawn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_gone(pid: int, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_child_ends_with_its_block_even_on_an_exception():
+    with pytest.raises(RuntimeError), spawn(["sleep", "300"]) as process:
+        pid = process.pid
+        raise RuntimeError("boom")
+    assert wait_gone(pid)
+
+
+def test_end_children_ends_what_other_threads_own():
+    started = threading.Event()
+    pids: list[int] = []
+
+    def worker() -> None:
+        with spawn(["sleep", "300"]) as process:
+            pids.append(process.pid)
+            started.set()
+            process.wait()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert started.wait(10)
+    end_children()
+    thread.join(15)
+    assert not thread.is_alive() and wait_gone(pids[0])
+
+
+def test_a_missing_program_is_one_line():
+    with pytest.raises(SysvmError, match="no-such-program: program not found"):
+        run(["no-such-program"])
+
+
+def _runner(tmp_path: Path, body: str) -> subprocess.Popen[bytes]:
+    script = tmp_path / "runner.py"
+    script.write_text(textwrap.dedent(body))
+    return subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _child_pid(tmp_path: Path) -> int:
+    marker = tmp_path / "child.pid"
+    deadline = time.monotonic() + 30
+    while not (marker.is_file() and marker.read_text().strip()):
+        assert time.monotonic() < deadline, "the runner never started its child"
+        time.sleep(0.1)
+    return int(marker.read_text())
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_no_child_outlives_sysvm(tmp_path, how):
+    runner = _runner(tmp_path, f"""
+        from pathlib import Path
+        from sysvm.cli import guarded
+        from sysvm.run import spawn
+
+        def work():
+            with spawn(["sleep", "300"]) as process:
+                Path({str(tmp_path / "child.pid")!r}).write_text(str(process.pid))
+                process.wait()
+
+        guarded(work)
+    """)
+    child = _child_pid(tmp_path)
+    runner.send_signal(how)
+    code = runner.wait(30)
+    assert wait_gone(child), f"the child outlived sysvm after {how.name}"
+    assert code == (-9 if how == signal.SIGKILL else 130)
