@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import re
 import types
 import typing
@@ -130,7 +129,6 @@ class Export:
 @dataclass(frozen=True)
 class Packer:
     memory_mib: int
-    boot_timeout_s: int
     ssh_timeout_s: int
 
 
@@ -138,6 +136,7 @@ class Packer:
 class Verify:
     roles: list[str]
     memory_mib: int
+    disk_mib: int  # the root disk each role boots with: larger than the template's, as CloudStack gives
     boot_timeout_s: int
     accelerator: Literal["auto", "kvm", "tcg"]
     cloudstack_scripts: str = ""  # a CloudStack source tree: start roles as a 4.17+ host does, with its scripts
@@ -175,8 +174,6 @@ class Config:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def fingerprint(self) -> str:
-        return json.dumps(self.as_dict(), sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -376,6 +373,8 @@ def _validate(config: Config, origins: Origins) -> None:
     for name, release in config.releases.items():
         check(release.number > 0, ("releases", name, "number"), f"expected Debian's release number, got {release.number}")
     check(config.disk.size_mib >= 1024, ("disk", "size_mib"), f"expected at least 1024, got {config.disk.size_mib}")
+    check(config.verify.disk_mib >= config.disk.size_mib, ("verify", "disk_mib"),
+          f"expected at least disk.size_mib ({config.disk.size_mib}), got {config.verify.disk_mib}")
     ports = config.consoleproxy
     for name in ("http_port", "https_port", "websocket_port", "websocket_tls_port"):
         value = getattr(ports, name)

@@ -56,7 +56,7 @@ def render_metadata(config: Config, artifacts: dict[str, dict[str, object]]) -> 
     return metadata.render(config, names, digests)
 
 
-def virtual_size(image: Path) -> int:
+def qemu_virtual_size(image: Path) -> int:
     return int(json.loads(output(["qemu-img", "info", "--output=json", image]))["virtual-size"])
 
 
@@ -91,7 +91,7 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
             archive.write(work / "disk.vhd", arcname=inner)
     elif hypervisor == "vmware":
         _convert(image, work / "disk.vmdk", "vmdk", "subformat=streamOptimized")
-        write_ova(target, name.removesuffix(".ova"), work / "disk.vmdk", virtual_size(image),
+        write_ova(target, name.removesuffix(".ova"), work / "disk.vmdk", qemu_virtual_size(image),
                   config.export.vmware_hardware_version)
     else:  # ovm: OVM3 takes a raw image
         run(["qemu-img", "convert", "-f", _source_format(image), "-O", "raw", image, work / "disk.raw"])
@@ -196,7 +196,7 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
                                if overlay.baked_scripts else None),
         "tools": tool_versions(),
         "durations_s": durations,
-        "virtual_size": virtual_size(final.image),
+        "virtual_size": qemu_virtual_size(final.image),
         "packages": len(rootfs.packages.read_text().splitlines()),
         "debian_suites": rootfs.suites, "without_security": rootfs.without_security,
         "artifacts": artifacts,

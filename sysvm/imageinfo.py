@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import struct
-import tarfile
 from pathlib import Path
 
 from sysvm.errors import SysvmError
@@ -38,19 +36,8 @@ def _vmdk(path: Path) -> int:
     return struct.unpack("<Q", header[12:20])[0] * SECTOR
 
 
-def _ova(path: Path) -> int:
-    with tarfile.open(path) as archive:
-        descriptor = next((m for m in archive.getmembers() if m.name.endswith(".ovf")), None)
-        if descriptor is None:
-            raise SysvmError(f"{path}: no .ovf descriptor in the OVA")
-        text = archive.extractfile(descriptor).read().decode(errors="replace")  # type: ignore[union-attr]
-    match = re.search(r'ovf:capacity="(\d+)"(?:[^>]*ovf:capacityAllocationUnits="byte \* 2\^(\d+)")?', text)
-    if match is None:
-        raise SysvmError(f"{path}: the OVF descriptor gives no disk capacity")
-    return int(match.group(1)) << int(match.group(2) or 0)
-
-
-def virtual_size(path: Path, extension: str) -> int:
-    readers = {"qcow2": _qcow2, "vhd": _vhd, "vmdk": _vmdk, "ova": _ova}
+def header_virtual_size(path: Path, extension: str) -> int:
+    """The virtual size an image's own header states (a raw image's is its length), read without qemu-img."""
+    readers = {"qcow2": _qcow2, "vhd": _vhd, "vmdk": _vmdk}
     reader = readers.get(extension)
     return reader(path) if reader is not None else path.stat().st_size

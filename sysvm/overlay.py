@@ -25,7 +25,8 @@ from sysvm.workspace import Workspace
 
 IMAGE_NAME = "systemvm.raw"
 # Units of the overlay that start at every boot. cloud.service is left to the role setup.
-ENABLED_UNITS = ("sysvm-setup.service", "sysvm-handover.service", "sysvm-ssh-host-keys.service")
+ENABLED_UNITS = ("sysvm-growroot.service", "sysvm-setup.service", "sysvm-handover.service",
+                 "sysvm-ssh-host-keys.service")
 WANTS = "/etc/systemd/system/multi-user.target.wants"
 
 

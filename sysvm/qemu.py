@@ -90,6 +90,7 @@ class VirtualMachine:
     accel: str
     memory_mib: int
     nics: list[Nic] = field(default_factory=list)
+    disk_mib: int = 0  # the throwaway disk's size; 0: the image's own
     process: subprocess.Popen[bytes] | None = None
     ssh_port: int = 0
     started_at: float = 0.0  # time.monotonic() when QEMU was started
@@ -134,7 +135,9 @@ class VirtualMachine:
         overlay.unlink(missing_ok=True)
         self.agent_socket.unlink(missing_ok=True)
         self.console_log.unlink(missing_ok=True)
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.disk_format, "-b", self.disk.resolve(), overlay])
+        size = [f"{self.disk_mib}M"] if self.disk_mib else []
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.disk_format, "-b", self.disk.resolve(), overlay,
+             *size])
         if any(nic.forward_ssh_to for nic in self.nics):
             self.ssh_port = free_port()
         command = self.command()

@@ -41,7 +41,7 @@ from typing import BinaryIO
 
 from sysvm.errors import SysvmError
 from sysvm.fsutil import remove_tree
-from sysvm.imageinfo import virtual_size
+from sysvm.imageinfo import header_virtual_size
 
 EXIT_NO_SPACE = 4
 EXIT_FAILURE = 2
@@ -316,7 +316,7 @@ def stage_template(source: Path, staging: Path, extension: str, template_id: int
         if not disks:
             raise SysvmError(f"{source}: the OVA holds no .vmdk disk")
         virtual_source = disks[0]
-    virtual = virtual_size(virtual_source, "vmdk" if extension == "ova" else extension)
+    virtual = header_virtual_size(virtual_source, "vmdk" if extension == "ova" else extension)
     size = image.stat().st_size
     (staging / "template.properties").write_text(properties_text(filename, extension, template_id, size, virtual))
     return template_uuid

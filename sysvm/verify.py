@@ -57,7 +57,7 @@ class RoleBoot:
 
 
 def role_boot(role: str, management_key: str) -> RoleBoot:
-    """NIC order and addresses as CloudStack gives them on KVM; see DESIGN.md for the control NIC per role."""
+    """NIC order and addresses as CloudStack gives them on KVM; see docs/architecture.md for the control NIC per role."""
     key = base64.b64encode(management_key.encode()).decode()
     guest = ("10.1.1.0/24", "10.1.1.1", "255.255.255.0")
     private = ("10.0.2.0/24", "10.0.2.15", "255.255.255.0")
@@ -211,7 +211,8 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
     key_file, public_key = management_key(workspace.verify / "keys")
     boot = role_boot(role, public_key)
     outcome = Outcome(name, artifact.name, role)
-    vm = VirtualMachine(name, disk, fmt, workspace.verify / "vms", accel, config.verify.memory_mib, boot.nics)
+    vm = VirtualMachine(name, disk, fmt, workspace.verify / "vms", accel, config.verify.memory_mib, boot.nics,
+                        config.verify.disk_mib)
     outcome.console_log = str(vm.console_log)
     timeout = config.verify.boot_timeout_s
     started = time.monotonic()
@@ -241,7 +242,8 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str,
         expectations = {"role": role, "values": boot.values, "control_ip": boot.control_ip,
                         "version": config.cloudstack.version,
                         "management_key": (key_file.parent / f"{key_file.name}.pub").read_text().strip(),
-                        "java_package": config.release.java_package, "cloudstack": None}
+                        "java_package": config.release.java_package, "cloudstack": None,
+                        "disk_mib": config.verify.disk_mib}
         if host is not None:
             remote = Remote(vm.name, ssh_file, folder / f"{vm.name}-host.log")
             answer = start_sequence(remote, role, host, config.verify.boot_timeout_s)

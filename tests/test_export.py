@@ -15,7 +15,7 @@ import pytest
 
 from sysvm import config, export, tools
 from sysvm.errors import SysvmError
-from sysvm.imageinfo import virtual_size
+from sysvm.imageinfo import header_virtual_size
 from sysvm.overlay import FinalImage
 from sysvm.ovf import OVF_NS, VirtualMachine, descriptor
 from sysvm.render import render
@@ -73,7 +73,7 @@ def test_export_makes_every_artifact_with_checksums_and_report(provisioned, work
     subprocess.run(["qemu-img", "check", str(unpacked / "kvm.qcow2")], check=True, capture_output=True)
     subprocess.run(["lbzip2", "-d", "-c", str(folder / names["xen"])], check=True,
                    stdout=(unpacked / "xen.vhd").open("wb"))
-    assert virtual_size(unpacked / "xen.vhd", "vhd") == 48 * MIB  # force_size: no CHS rounding
+    assert header_virtual_size(unpacked / "xen.vhd", "vhd") == 48 * MIB  # force_size: no CHS rounding
     assert subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "vpc", str(disk.image),
                            str(unpacked / "xen.vhd")], capture_output=True).returncode == 0
     report = json.loads(result.report.read_text())

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-# From CloudStack's own system VM setup (see DESIGN.md): which NIC carries SSH, and which services run.
+# From CloudStack's own system VM setup (see docs/architecture.md): which NIC carries SSH, and which services run.
 CONTROL_NIC = {"consoleproxy": "eth0", "secstorage": "eth0", "router": "eth1", "vpcrouter": "eth0",
                "dhcpsrvr": "eth1"}
 ROLE_SERVICES = {"consoleproxy": set(), "secstorage": {"apache2"}, "router": {"dnsmasq", "haproxy", "apache2"},
@@ -191,3 +191,8 @@ def test_update_grub_keeps_the_serial_console_and_nic_names(booted, expect):
     entries = [line for line in booted.file("/boot/grub/grub.cfg").content_string.splitlines()
                if line.strip().startswith("linux")]
     assert entries and all("console=ttyS0,115200n8" in line and "net.ifnames=0" in line for line in entries)
+
+
+def test_root_file_system_grew_to_the_disk(booted, expect):
+    size_mib = int(booted.check_output("df --block-size=1M --output=size / | tail -n 1"))
+    assert size_mib > expect["disk_mib"] * 0.9, (size_mib, expect["disk_mib"])
