@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = ROOT / "sysvm.yaml"
 
 KNOWN_ROLES = ("consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr")
+# CloudStack starts its internal and external load balancer VMs from the same template: the boot-time
+# setup knows them (services.roles), though sysvm neither lists them in `roles` nor verifies them.
+SETUP_ONLY_ROLES = ("ilbvm", "elbvm")
+SERVICE_NAME = r"[A-Za-z0-9][A-Za-z0-9@_.:-]*"  # a systemd service name, without ".service"
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
 KNOWN_HYPERVISORS = ("kvm", "xen", "vmware", "hyperv", "ovm")
 KNOWN_RELEASES = ("buster", "bullseye", "bookworm", "trixie")
 VERSION_PATTERN = r"\d+\.\d+\.\d+(\.\d+)?"  # a CloudStack version: 4.20.0, or 4.19.0.1 for a security release
@@ -68,6 +73,33 @@ class Release:
 class Packages:
     common: list[str]
     roles: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class RedundantRouter:
+    """What a role told redundant_router=true runs in place of some of its services."""
+
+    roles: list[str]  # the roles that may be redundant
+    instead_of: list[str]  # services it does not run then
+    add: list[str]  # services it runs then
+
+
+@dataclass(frozen=True)
+class Services:
+    """The one declaration of which services run in which role. The disk stage disables every `managed`
+    service and every unit of `disabled_at_build`; Packer checks that no managed one came back; the
+    render stage writes all but `disabled_at_build` into the image, where the boot-time setup enables the
+    role's own and disables the other managed ones; verify hands the role's to the suites."""
+
+    managed: list[str]  # every service whose state depends on the role (names without ".service")
+    roles: dict[str, list[str]]  # what each role enables at boot; the other managed services are disabled
+    redundant_router: RedundantRouter
+    disabled_at_build: list[str] = field(default_factory=list)  # unit names: off whatever the role
+
+    def image_declaration(self) -> dict[str, object]:
+        """The part the boot-time setup reads: what it decides per role."""
+        return {"managed": list(self.managed), "roles": {role: list(names) for role, names in self.roles.items()},
+                "redundant_router": dataclasses.asdict(self.redundant_router)}
 
 
 @dataclass(frozen=True)
@@ -149,6 +181,7 @@ class Config:
     releases: dict[str, Release]
     packages: Packages
     roles: list[str]
+    services: Services
     disk: Disk
     consoleproxy: ConsoleProxy
     health_checks: HealthChecks
@@ -363,6 +396,7 @@ def _validate(config: Config, origins: Origins) -> None:
     for role in config.packages.roles:
         check(role in KNOWN_ROLES, ("packages", "roles", role),
               f"unknown role (expected one of: {', '.join(KNOWN_ROLES)})")
+    _validate_services(config, check)
     for index, role in enumerate(config.verify.roles):
         check(role in config.roles, ("verify", "roles", str(index)),
               f"role {role!r} is not in roles ({', '.join(config.roles)})")
@@ -392,6 +426,40 @@ def _validate(config: Config, origins: Origins) -> None:
     for index, layer in enumerate(config.overlay_layers):
         check((ROOT / layer).is_dir() or Path(layer).is_dir(), ("overlay_layers", str(index)),
               f"overlay folder {layer!r} does not exist")
+
+
+def _validate_services(config: Config, check: typing.Callable[[bool, tuple[str, ...], str], None]) -> None:
+    services = config.services
+    setup_roles = (*KNOWN_ROLES, *SETUP_ONLY_ROLES)
+
+    def check_names(names: list[str], path: tuple[str, ...], managed: bool) -> None:
+        for index, name in enumerate(names):
+            check(bool(re.fullmatch(SERVICE_NAME, name)) and not name.endswith(".service"), (*path, str(index)),
+                  f"expected a service name without .service, got {name!r}")
+            # The setup disables whatever a role does not enable among the managed services only: a service
+            # outside them would stay on in every other role, and would not be off at build either.
+            check(not managed or name in services.managed, (*path, str(index)),
+                  f"{name!r} is not in services.managed ({', '.join(services.managed)})")
+
+    check_names(services.managed, ("services", "managed"), managed=False)
+    check(len(set(services.managed)) == len(services.managed), ("services", "managed"), "a service is listed twice")
+    for role, names in services.roles.items():
+        check(role in setup_roles, ("services", "roles", role),
+              f"unknown role (expected one of: {', '.join(setup_roles)})")
+        check_names(names, ("services", "roles", role), managed=True)
+    for role in config.roles:
+        check(role in services.roles, ("services", "roles"),
+              f"no entry for role {role!r} (list its services, or [] for none)")
+    redundant = services.redundant_router
+    for index, role in enumerate(redundant.roles):
+        check(role in services.roles, ("services", "redundant_router", "roles", str(index)),
+              f"role {role!r} has no entry in services.roles")
+    check_names(redundant.instead_of, ("services", "redundant_router", "instead_of"), managed=True)
+    check_names(redundant.add, ("services", "redundant_router", "add"), managed=True)
+    for index, unit in enumerate(services.disabled_at_build):
+        check(bool(re.fullmatch(SERVICE_NAME, unit)) and unit.endswith(UNIT_SUFFIXES),
+              ("services", "disabled_at_build", str(index)),
+              f"expected a unit name such as apt-daily.timer ({', '.join(UNIT_SUFFIXES)}), got {unit!r}")
 
 
 def _placeholders_ok(pattern: str, allowed: dict[str, object]) -> bool:

@@ -8,6 +8,7 @@ the MBR and the gap before the partition. Nothing is mounted, so nothing can be 
 from __future__ import annotations
 
 import shutil
+import typing
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,16 +56,6 @@ ExecStart=/bin/sh -c 'key=/sys/firmware/qemu_fw_cfg/by_name/{FW_CFG_KEY}/raw; [ 
 WantedBy=multi-user.target
 """
 BUILD_KEY_UNIT_PATH = "etc/systemd/system/sysvm-build-key.service"
-# Services that must not start before the boot-time role setup has decided the role; it enables a
-# role's own. Disabled here, offline: under emulation `systemctl disable` in the guest spends seconds per
-# unit synchronising SysV links.
-ROLE_SERVICES = ("cloud", "apache2", "dnsmasq", "haproxy", "keepalived", "conntrackd", "radvd", "nfs-common",
-                 "xl2tpd", "strongswan-starter", "ipsec", "frr")
-# Off at every boot, as in upstream's template: VMware's tools unit from CloudStack's scripts has no
-# virtualisation condition (the setup starts it on VMware), cloud-init runs only for operator user data
-# (CloudStack's post-init starts it by hand), and apt has no mirror to reach.
-DISABLED_UNITS = ("open-vm-tools.service", "vgauth.service", "cloud-init-local.service", "cloud-init.service",
-                  "cloud-config.service", "cloud-final.service", "apt-daily.timer", "apt-daily-upgrade.timer")
 ENABLED_AT_BUILD = ("ssh.service", "netfilter-persistent.service", "sysvm-build-key.service")
 UNIT_FOLDERS = ("lib/systemd/system", "usr/lib/systemd/system", "etc/systemd/system")
 INIT_SCRIPTS_KEPT = ("keepalived",)
@@ -77,9 +68,19 @@ class BaseDisk:
     root_uuid: str
 
 
+def units_disabled(config: Config) -> list[str]:
+    """Units turned off offline, from sysvm.yaml's services: every role-dependent service (none may start
+    before the boot-time setup has decided the role; it enables a role's own), then the units that stay off
+    whatever the role. Offline, since under emulation `systemctl disable` in the guest spends seconds per
+    unit synchronising SysV links."""
+    return [*(f"{name}.service" for name in config.services.managed), *config.services.disabled_at_build]
+
+
 def disk_key(config: Config, rootfs: Rootfs) -> str:
+    # Only what this stage does with the services: which role enables what is decided at boot, so a change
+    # there renders a new image without rebuilding the disk.
     return stage_key("disk", rootfs.key, config.disk.size_mib, KERNEL_ARGS, GRUB_DEFAULTS, BUILD_KEY_UNIT,
-                     ROLE_SERVICES, DISABLED_UNITS, ENABLED_AT_BUILD, INIT_SCRIPTS_KEPT)
+                     units_disabled(config), ENABLED_AT_BUILD, INIT_SCRIPTS_KEPT)
 
 
 def kernel_version(root: Path) -> str:
@@ -89,7 +90,7 @@ def kernel_version(root: Path) -> str:
     return kernels[-1]
 
 
-def configure_boot(root: Path, root_uuid: str) -> str:
+def configure_boot(root: Path, root_uuid: str, disabled: typing.Sequence[str]) -> str:
     kernel = kernel_version(root)
     (root / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
     grub_dir = root / "boot/grub"
@@ -112,7 +113,7 @@ def configure_boot(root: Path, root_uuid: str) -> str:
     (root / BUILD_KEY_UNIT_PATH).write_text(BUILD_KEY_UNIT)
     _drop_duplicate_init_scripts(root)
     systemctl = ["systemctl", f"--root={root}"]
-    run([*systemctl, "disable", *(f"{name}.service" for name in ROLE_SERVICES), *DISABLED_UNITS])
+    run([*systemctl, "disable", *disabled])
     run([*systemctl, "enable", *ENABLED_AT_BUILD])
     run([*systemctl, "set-default", "multi-user.target"])
     _lock_root_password(root)
@@ -177,7 +178,7 @@ def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool
         root = scratch / "root"
         root.mkdir()
         run(["tar", "-xpf", rootfs.tarball, "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C", root])
-        kernel = configure_boot(root, root_uuid)
+        kernel = configure_boot(root, root_uuid, units_disabled(config))
         raw = scratch / "disk.raw"
         size = config.disk.size_mib << 20
         with raw.open("wb") as handle:

@@ -128,4 +128,6 @@ def send_router_config(remote: Remote, documents: dict[str, dict[str, object]], 
     remote.copy([config], f"{HOST_FOLDER}/")
     status, out = remote.ssh(f"/opt/cloud/bin/vr_cfg.sh -c {HOST_FOLDER}/{config.name}", merge_stderr=True)
     if status != 0 or "execution failed" in out:
-        raise SysvmError(f"{remote.name}: vr_cfg.sh {config.name} failed (exit {status}): {out.strip()[-300:]}")
+        remote.ssh("tail -n 40 /var/log/cloud.log")  # what went wrong, in the host log
+        raise SysvmError(f"{remote.name}: vr_cfg.sh {config.name} failed (exit {status}): {out.strip()[-300:]} "
+                         f"(the VM's cloud.log is in {remote.log})")

@@ -41,7 +41,10 @@ def packer_key(config: Config, disk: BaseDisk) -> str:
 
 def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, serial_log: Path,
              accel: str) -> dict[str, object]:
-    environment = [f"IPTABLES_BACKEND={config.release.iptables_backend}"]
+    # MANAGED_SERVICES: what 20-configure.sh checks provisioning left disabled (sysvm.yaml's services);
+    # the disk key covers it, since the disk stage disables the same list.
+    environment = [f"IPTABLES_BACKEND={config.release.iptables_backend}",
+                   f"MANAGED_SERVICES={' '.join(config.services.managed)}"]
     return {
         "builders": [{
             "type": "qemu",

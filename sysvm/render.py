@@ -81,6 +81,7 @@ def context(config: Config) -> dict[str, object]:
         "consoleproxy": dataclasses.asdict(config.consoleproxy),
         "health_checks": dataclasses.asdict(config.health_checks),
         "roles": list(config.roles),
+        "services": config.services.image_declaration(),  # what the boot-time setup enables per role
         "ssh_port": SSH_PORT,
         "agent_port": AGENT_PORT,
         "agent_heap_mib": 128,

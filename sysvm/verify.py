@@ -10,7 +10,6 @@ Every boot uses its own throwaway overlay disk, so no state passes from one role
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import sys
 import tarfile
@@ -56,71 +55,83 @@ class RoleBoot:
         return " ".join(f"{key}={value}" for key, value in self.values.items())
 
 
+GUEST_NETWORK, GUEST_MASK = "10.1.1.0/24", "255.255.255.0"  # QEMU's user network answers on .2 and .3
+PUBLIC_NETWORK, PUBLIC_IP, PUBLIC_GATEWAY = "192.168.1.0/24", "192.168.1.30", "192.168.1.2"
+ROUTER_GUEST_IP = "10.1.1.1"
+LINK_LOCAL_MASK = "255.255.0.0"
+GUEST_VM = {"mac": "02:00:4c:5f:00:01", "ip": "10.1.1.5", "name": "vm-1"}
+
+
 def role_boot(role: str, management_key: str) -> RoleBoot:
-    """NIC order and addresses as CloudStack gives them on KVM; see docs/architecture.md for the control NIC per role."""
+    """NIC order, addresses and command line as a management server gives them on KVM (the control NIC per
+    role: docs/architecture.md). A NIC whose address is not on the command line (a VPC router's public
+    and guest NICs) is configured later by the management server, through update_config.py."""
     key = base64.b64encode(management_key.encode()).decode()
-    guest = ("10.1.1.0/24", "10.1.1.1", "255.255.255.0")
-    private = ("10.0.2.0/24", "10.0.2.15", "255.255.255.0")
-    public = ("192.168.1.0/24", "192.168.1.30", "255.255.255.0")
+    values = {"template": "domP", "type": role}
+    # (network, address on the command line or "", netmask), in ethN order; the control NIC's index
     if role in ("consoleproxy", "secstorage"):
         control = "169.254.3.93" if role == "consoleproxy" else "169.254.1.11"
-        layout = [(CONTROL_NETWORK, control, "255.255.0.0"), private, public]
+        layout = [(CONTROL_NETWORK, control, LINK_LOCAL_MASK), ("10.0.2.0/24", "10.0.2.15", GUEST_MASK),
+                  (PUBLIC_NETWORK, PUBLIC_IP, GUEST_MASK)]
+        values["name"] = "v-2-VM" if role == "consoleproxy" else "s-1-VM"
         extra = {"host": "10.0.2.2", "port": "8250", "zone": "1", "pod": "1",
                  "guid": "Proxy.2" if role == "consoleproxy" else "s-1-VM-NfsSecondaryStorageResource",
-                 "name": "v-2-VM" if role == "consoleproxy" else "s-1-VM",
-                 "mgmtcidr": "10.0.2.0/24", "localgw": "10.0.2.2", "internaldns1": "10.0.2.3"}
+                 "mgmtcidr": "10.0.2.0/24", "localgw": "10.0.2.2", "internaldns1": "10.0.2.3",
+                 "gateway": PUBLIC_GATEWAY}
         control_index = 0
     elif role == "vpcrouter":
-        layout = [(CONTROL_NETWORK, "169.254.0.45", "255.255.0.0"), public, guest]
-        extra, control_index = {"name": "r-5-VM"}, 0
-    else:  # router and dhcpsrvr: eth0 guest, eth1 control, eth2 public
-        layout = [guest, (CONTROL_NETWORK, "169.254.0.44", "255.255.0.0"), public]
+        layout = [(CONTROL_NETWORK, "169.254.0.45", LINK_LOCAL_MASK), (PUBLIC_NETWORK, "", ""),
+                  (GUEST_NETWORK, "", "")]
+        values["name"] = "r-5-VM"
+        extra, control_index = {"vpccidr": "10.1.0.0/16"}, 0
+    elif role == "router":  # an isolated network's router: eth0 guest, eth1 control, eth2 public
+        layout = [(GUEST_NETWORK, ROUTER_GUEST_IP, GUEST_MASK), (CONTROL_NETWORK, "169.254.0.44", LINK_LOCAL_MASK),
+                  (PUBLIC_NETWORK, PUBLIC_IP, GUEST_MASK)]
+        values["name"] = "r-4-VM"
         # What a management server adds for the guest network's DHCP and DNS (CloudStack's router.sh reads them).
-        extra = {"name": "r-4-VM" if role == "router" else "r-6-VM", "guestgw": "10.1.1.1",
-                 "guestbrd": "10.1.1.255", "guestcidrsize": "24", "dhcprange": "10.1.1.1"}
-        if role == "dhcpsrvr":  # a management route through a gateway on no NIC: it must fail alone
-            extra.update({"mgmtcidr": "10.9.0.0/16", "localgw": "10.8.0.1"})
+        extra = {"guestgw": ROUTER_GUEST_IP, "guestbrd": "10.1.1.255", "guestcidrsize": "24",
+                 "dhcprange": ROUTER_GUEST_IP, "gateway": PUBLIC_GATEWAY}
         control_index = 1
-    values = {"template": "domP", "type": role}
-    values.update({k: v for k, v in extra.items() if k == "name"})
+    else:  # dhcpsrvr, a shared network's DHCP server: eth0 on the guest network, eth1 control
+        layout = [(GUEST_NETWORK, "10.1.1.10", GUEST_MASK), (CONTROL_NETWORK, "169.254.0.46", LINK_LOCAL_MASK)]
+        values["name"] = "r-6-VM"
+        extra = {"guestgw": "10.1.1.2", "guestbrd": "10.1.1.255", "guestcidrsize": "24", "dhcprange": "10.1.1.10",
+                 "gateway": "10.1.1.2",
+                 # a management route through a gateway on no NIC: it must fail alone, not networking.service
+                 "mgmtcidr": "10.9.0.0/16", "localgw": "10.8.0.1"}
+        control_index = 1
     nics = []
     for index, (network, address, mask) in enumerate(layout):
-        values[f"eth{index}ip"], values[f"eth{index}mask"] = address, mask
+        if address:
+            values[f"eth{index}ip"], values[f"eth{index}mask"] = address, mask
         nics.append(Nic(network, address if index == control_index else ""))
-    values.update({k: v for k, v in extra.items() if k != "name"})
-    values.update({"gateway": "192.168.1.2", "dns1": "192.168.1.3", "domain": "cloud.test", "authorized_key": key})
+    values.update(extra)
+    values.update({"dns1": "192.168.1.3", "domain": "cloud.test", "authorized_key": key})
     if role in ("router", "vpcrouter"):
         values["logrotatefrequency"] = "*:00:00"  # CloudStack's router.sh writes it into logrotate.timer
     return RoleBoot(role, nics, values)
 
 
-GUEST_VM = {"mac": "02:00:4c:5f:00:01", "ip": "10.1.1.5", "name": "vm-1"}
-
-
 def router_documents(boot: RoleBoot) -> dict[str, dict[str, object]]:
     """What a management server sends a router that starts (file name -> JSON), in CloudStack's shapes
-    (see CloudStack's systemvm/debian/opt/cloud/testdata): its public IP, its guest network, one DHCP entry."""
-    values = boot.values
-    guest_index = 2 if boot.role == "vpcrouter" else 0
-    public_index = 1 if boot.role == "vpcrouter" else 2
-    guest_ip, guest_mask = values[f"eth{guest_index}ip"], values[f"eth{guest_index}mask"]
-    prefix = ipaddress.IPv4Network(f"0.0.0.0/{guest_mask}").prefixlen
+    (see CloudStack's systemvm/debian/opt/cloud/testdata): its public IP, a VPC's guest network, one DHCP entry."""
     documents: dict[str, dict[str, object]] = {}
-    if boot.role != "dhcpsrvr":
+    if boot.role in ("router", "vpcrouter"):
+        public = 1 if boot.role == "vpcrouter" else 2
         documents["ip_associations.json.7a1f0c9e-0001"] = {"type": "ips", "ip_address": [{
-            "public_ip": values[f"eth{public_index}ip"], "source_nat": True, "add": True, "one_to_one_nat": False,
-            "first_i_p": True, "gateway": values["gateway"], "netmask": values[f"eth{public_index}mask"],
-            "vif_mac_address": nic_mac(public_index), "nic_dev_id": public_index, "new_nic": False,
-            "nw_type": "public", "is_private_gateway": False}]}
+            "public_ip": PUBLIC_IP, "source_nat": True, "add": True, "one_to_one_nat": False, "first_i_p": True,
+            "gateway": PUBLIC_GATEWAY, "netmask": GUEST_MASK, "vif_mac_address": nic_mac(public),
+            "nic_dev_id": public, "new_nic": False, "nw_type": "public", "is_private_gateway": False}]}
     if boot.role == "vpcrouter":  # isolated and shared networks come with the command line
         documents["guest_network.json.7a1f0c9e-0002"] = {
-            "type": "guestnetwork", "add": True, "mac_address": nic_mac(guest_index),
-            "device": f"eth{guest_index}", "router_guest_ip": guest_ip, "router_guest_gateway": guest_ip,
-            "router_guest_netmask": guest_mask, "cidr": str(prefix), "dns": values["dns1"],
-            "domain_name": values["domain"]}
+            "type": "guestnetwork", "add": True, "mac_address": nic_mac(2), "device": "eth2",
+            "router_guest_ip": ROUTER_GUEST_IP, "router_guest_gateway": ROUTER_GUEST_IP,
+            "router_guest_netmask": GUEST_MASK, "cidr": "24", "dns": boot.values["dns1"],
+            "domain_name": boot.values["domain"], "is_vr_guest_gateway": True}
     documents["vm_dhcp_entry.json.7a1f0c9e-0003"] = {
         "type": "dhcpentry", "host_name": GUEST_VM["name"], "mac_address": GUEST_VM["mac"],
-        "ipv4_address": GUEST_VM["ip"], "default_gateway": guest_ip, "default_entry": True, "remove": False}
+        "ipv4_address": GUEST_VM["ip"], "default_gateway": boot.values.get("guestgw", ROUTER_GUEST_IP),
+        "default_entry": True, "remove": False}
     return documents
 
 
@@ -243,7 +254,11 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str,
                         "version": config.cloudstack.version,
                         "management_key": (key_file.parent / f"{key_file.name}.pub").read_text().strip(),
                         "java_package": config.release.java_package, "cloudstack": None,
-                        "disk_mib": config.verify.disk_mib}
+                        "disk_mib": config.verify.disk_mib,
+                        # sysvm.yaml's services: what the image's own setup enables in this role, and
+                        # every service whose state depends on the role
+                        "services": {"enabled": config.services.roles.get(role, []),
+                                     "managed": config.services.managed}}
         if host is not None:
             remote = Remote(vm.name, ssh_file, folder / f"{vm.name}-host.log")
             answer = start_sequence(remote, role, host, config.verify.boot_timeout_s)

@@ -9,6 +9,7 @@ import os
 import re
 import stat
 import time
+import typing
 import zipfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cloud_setup.__main__ import main as setup_main
 from cloud_setup.cmdline import Acquisition, detect_hypervisor, parse
 from cloud_setup.diagnostics import collect
 from cloud_setup.paths import Paths
+from cloud_setup.roles import DECLARATION
 from cloud_setup.setup import Setup
 
 from sysvm.render import render
@@ -50,15 +52,13 @@ LINES = {
 CONTROL = {"consoleproxy": ("eth0", "169.254.3.93"), "secstorage": ("eth0", "169.254.1.11"),
            "router": ("eth1", "169.254.0.44"), "vpcrouter": ("eth0", "169.254.0.45"),
            "dhcpsrvr": ("eth1", "169.254.0.46")}
-ENABLED = {"consoleproxy": set(), "secstorage": {"apache2"}, "router": {"apache2", "dnsmasq", "haproxy"},
-           "vpcrouter": {"apache2", "dnsmasq", "haproxy"}, "dhcpsrvr": {"apache2", "dnsmasq"}}
 
 
 class FakeSystem:
     """Answers the commands the setup runs, keeping which units are enabled; records every call."""
 
-    def __init__(self, outputs: dict[str, str] | None = None) -> None:
-        self.enabled: set[str] = {"apache2", "dnsmasq", "haproxy", "keepalived", "cloud"}
+    def __init__(self, enabled: typing.Iterable[str] = (), outputs: dict[str, str] | None = None) -> None:
+        self.enabled: set[str] = set(enabled)
         self.calls: list[list[str]] = []
         self.failing: set[str] = set()  # programs that fail, as run_command reports a failure: None
         self.outputs = outputs or {}
@@ -86,6 +86,18 @@ def overlay_tree(tmp_path_factory) -> Path:
     return render(config.load(), Workspace(tmp_path_factory.mktemp("render"))).tree
 
 
+@pytest.fixture(scope="module")
+def declared(overlay_tree) -> dict[str, typing.Any]:
+    """Which services run in which role, as the image carries it (rendered from sysvm.yaml's services)."""
+    return json.loads((overlay_tree / DECLARATION).read_text())
+
+
+@pytest.fixture
+def system(declared) -> FakeSystem:
+    """A system on which every managed service is enabled: the setup must turn off what the role does not run."""
+    return FakeSystem(declared["managed"])
+
+
 @pytest.fixture
 def root(tmp_path, overlay_tree) -> Path:
     import shutil
@@ -102,9 +114,8 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.mark.parametrize("role", sorted(LINES))
-def test_each_role_is_configured_and_rerun_changes_nothing(role, root):
+def test_each_role_is_configured_and_rerun_changes_nothing(role, root, system, declared):
     paths = Paths(root)
-    system = FakeSystem()
     line = parse(LINES[role])
     assert line.errors == []
     Setup(paths, line, "kvm", system).apply()
@@ -125,12 +136,11 @@ def test_each_role_is_configured_and_rerun_changes_nothing(role, root):
     assert ["iptables-restore", str(root / "etc/iptables/rules.v4")] in system.calls
     keys = root / "root/.ssh/authorized_keys"
     assert keys.read_text() == MGMT_KEY + "\n" and stat.S_IMODE(keys.stat().st_mode) == 0o600
-    assert system.enabled == ENABLED[role]  # no agent bundle in the overlay: cloud stays disabled
+    assert system.enabled == set(declared["roles"][role]) - {"cloud"}  # no agent bundle in the overlay
     assert ["chpasswd"] in system.calls
 
     before = snapshot(root)
-    rerun = FakeSystem()
-    rerun.enabled = set(system.enabled)
+    rerun = FakeSystem(system.enabled)
     assert Setup(paths, parse(LINES[role]), "kvm", rerun).apply() == []
     assert snapshot(root) == before
     assert not [c for c in rerun.calls if c[:2] in (["systemctl", "enable"], ["systemctl", "disable"])]
@@ -154,19 +164,37 @@ def test_routes_dns_and_agent_properties_for_console_proxy(root):
     assert properties["resource"] == "com.cloud.agent.resource.consoleproxy.ConsoleProxyResource"
 
 
-def test_agent_service_enabled_only_with_the_bundle(root):
+def test_agent_service_enabled_only_with_the_bundle(root, declared):
     (root / "usr/local/cloud/systemvm/cloud-agent.jar").write_bytes(b"PK")
     system = FakeSystem()
-    system.enabled = set()
     Setup(Paths(root), parse(LINES["secstorage"]), "kvm", system).apply()
-    assert system.enabled == {"cloud", "apache2"}
-    assert ["systemctl", "start", "--no-block", "apache2.service", "cloud.service"] in system.calls
+    assert "cloud" in declared["roles"]["secstorage"] and system.enabled == set(declared["roles"]["secstorage"])
+    units = sorted(f"{service}.service" for service in declared["roles"]["secstorage"])
+    assert ["systemctl", "start", "--no-block", *units] in system.calls
 
 
-def test_redundant_router_runs_keepalived_instead_of_dnsmasq(root):
-    system = FakeSystem()
-    Setup(Paths(root), parse(LINES["router"] + " redundant_router=true"), "kvm", system).apply()
-    assert system.enabled == {"apache2", "haproxy", "keepalived", "conntrackd"}
+@pytest.mark.parametrize("role", ["router", "vpcrouter"])
+def test_redundant_router_swaps_the_declared_services(role, root, system, declared):
+    Setup(Paths(root), parse(LINES[role] + " redundant_router=true"), "kvm", system).apply()
+    swap = declared["redundant_router"]
+    assert role in swap["roles"] and swap["instead_of"] and swap["add"]
+    assert system.enabled == set(declared["roles"][role]) - set(swap["instead_of"]) | set(swap["add"])
+
+
+def test_redundant_router_flag_changes_nothing_in_other_roles(root, system, declared):
+    Setup(Paths(root), parse(LINES["dhcpsrvr"] + " redundant_router=true"), "kvm", system).apply()
+    assert "dhcpsrvr" not in declared["redundant_router"]["roles"]
+    assert system.enabled == set(declared["roles"]["dhcpsrvr"])
+
+
+def test_without_a_declaration_no_service_is_touched(root, system, caplog):
+    (root / DECLARATION).unlink()
+    before = set(system.enabled)
+    Setup(Paths(root), parse(LINES["router"]), "kvm", system).apply()
+    assert system.enabled == before
+    assert not [call for call in system.calls if call[0] == "systemctl"]
+    assert caplog.text.count(f"cannot read the role services from {root / DECLARATION}") == 1
+    assert (root / "etc/iptables/rules.v4").is_file()  # the rest of the setup still ran
 
 
 def test_vmware_console_proxy_uses_eth1_for_control(root):
@@ -316,8 +344,7 @@ def test_bad_netmask_is_rejected():
         "eth1mask=255.0.255.0 is not a netmask"]
 
 
-def test_unknown_role_gets_the_default_setup(root):
-    system = FakeSystem()
+def test_unknown_role_gets_the_default_setup(root, system):
     Setup(Paths(root), parse("type=mailserver name=m-1 eth0ip=169.254.9.9 eth0mask=255.255.0.0"), "kvm",
           system).apply()
     assert (root / "etc/iptables/rules.v4").read_text() == (root / "etc/iptables/iptables-default").read_text()
@@ -362,15 +389,6 @@ def test_diagnostics_zip_holds_files_outputs_and_problems(tmp_path):
         errors = opened.read("errors.log").decode()
     assert "[NOSUCH]: unknown marker" in errors
     assert f"{tmp_path / 'missing.log'}: no such file" in errors
-
-
-def test_build_disables_every_service_the_role_setup_manages():
-    # The disk stage (host side) and the role setup (in the image) keep their own lists; they must agree.
-    from cloud_setup.roles import MANAGED_SERVICES
-
-    from sysvm.disk import ROLE_SERVICES
-
-    assert set(MANAGED_SERVICES) <= set(ROLE_SERVICES)
 
 
 def test_management_routes_are_best_effort(root):

@@ -18,7 +18,7 @@ from sysvm.build import build
 from sysvm.cloudstack import locate
 from sysvm.errors import SysvmError
 from sysvm.export import artifact_name
-from sysvm.kvmhost import Remote, host_files
+from sysvm.kvmhost import Remote, host_files, poll
 from sysvm.qemu import accelerator
 from sysvm.verify import Outcome, _boot_into_role, ssh_config, unpack_artifact, verify
 from sysvm.workspace import Workspace
@@ -112,7 +112,9 @@ def _remote(vm, key_file: Path, folder: Path) -> Remote:
 
 
 def _ask(remote: Remote) -> tuple[str, str, str]:
-    """What the management server would read: the version answer; and cloud.log and the failed units."""
+    """What the management server would read once the boot is done: the version answer; and cloud.log and
+    the failed units. (Under emulation the boot can outlast get_template_version.sh's own 4 minutes.)"""
+    poll(f"{remote.name}: boot_up_done", lambda: remote.ssh("test -e /var/cache/cloud/boot_up_done")[0] == 0, 900, 5)
     status, answer = remote.ssh("/opt/cloud/bin/get_template_version.sh")
     assert status == 0
     failed = remote.ssh("systemctl list-units --state=failed --no-legend --plain")[1].strip()

@@ -234,13 +234,12 @@ def collected_on_host() -> int:
 def host_values(folder: Path) -> dict[str, object]:
     """What the in-image tests take from the builder, computed here by the builder itself."""
     from sysvm import config
-    from sysvm.disk import ROLE_SERVICES
     from sysvm.render import render
     from sysvm.workspace import Workspace
 
     tree = render(config.load(), Workspace(folder / "output")).tree
     shutil.copytree(tree, folder / "sysvm/rendered-overlay", symlinks=True)
-    return {"overlay_tree": "/srv/" + folder.name + "/sysvm/rendered-overlay", "role_services": list(ROLE_SERVICES)}
+    return {"overlay_tree": "/srv/" + folder.name + "/sysvm/rendered-overlay"}
 
 
 def stage(folder: Path) -> None:

@@ -7,12 +7,10 @@ import re
 
 import pytest
 
-# From CloudStack's own system VM setup (see docs/architecture.md): which NIC carries SSH, and which services run.
+# From CloudStack's own system VM setup (see docs/architecture.md): which NIC carries SSH. Which services
+# run comes from sysvm.yaml's services, in expect["services"].
 CONTROL_NIC = {"consoleproxy": "eth0", "secstorage": "eth0", "router": "eth1", "vpcrouter": "eth0",
                "dhcpsrvr": "eth1"}
-ROLE_SERVICES = {"consoleproxy": set(), "secstorage": {"apache2"}, "router": {"dnsmasq", "haproxy", "apache2"},
-                 "vpcrouter": {"dnsmasq", "haproxy", "apache2"}, "dhcpsrvr": {"dnsmasq", "apache2"}}
-MANAGED = {"apache2", "dnsmasq", "haproxy", "keepalived", "conntrackd", "cloud"}
 ROLE_PORTS = {"consoleproxy": [("eth2", "tcp", 80), ("eth2", "tcp", 443), ("eth2", "tcp", 8080)],
               "secstorage": [("eth2", "tcp", 80), ("eth2", "tcp", 443)],
               "router": [("eth0", "udp", 53), ("eth0", "udp", 67), ("eth0", "tcp", 80), ("eth0", "tcp", 8080)]}
@@ -58,7 +56,7 @@ def test_command_line_cached_0600_and_parsed(booted, expect):
     assert f"type={expect['role']}" in cache.content_string
     parsed = booted.file("/var/cache/cloud/cmd_line.json")
     if expect["cloudstack"] and not parsed.exists:  # a router's update_config.py files it under processed/
-        assert booted.file("/var/cache/cloud/processed/cmd_line.json.gz").exists
+        assert booted.run("ls /var/cache/cloud/processed/cmd_line.json.*.gz").rc == 0
     else:
         assert parsed.contains(f'"type": "{expect["role"]}"')
 
@@ -76,6 +74,8 @@ def test_hostname_and_addresses_from_the_command_line(booted, expect):
 
 
 def test_default_route_via_the_gateway(booted, expect):
+    if "gateway" not in expect["values"]:
+        pytest.skip("a VPC router learns its gateway from the management server, not the command line")
     assert f"default via {expect['values']['gateway']}" in booted.run("ip route show default").stdout
 
 
@@ -127,7 +127,9 @@ def test_role_services_run_and_the_others_do_not(booted, expect):
         states = dict(line.split()[:2] for line in listing if len(line.split()) >= 2)
         managed = sorted(name for name in wanted | unwanted if states.get(f"{name}.service") in ("enabled", "disabled"))
     else:
-        wanted, managed = ROLE_SERVICES[expect["role"]], sorted(MANAGED)
+        # The image's own setup, as declared; no host brought the agent's jars, so cloud stays disabled.
+        wanted = set(expect["services"]["enabled"]) - {"cloud"}
+        managed = sorted(expect["services"]["managed"])
     units = [*managed, "ssh", "sysvm-setup", "sysvm-handover"]
     active, enabled = _unit_states(booted, "is-active", units), _unit_states(booted, "is-enabled", units)
     for service in managed:

@@ -2,44 +2,81 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
 
 from cloud_setup.cmdline import CommandLine
+from cloud_setup.paths import Paths
 
-# Every service whose state depends on the role; anything a role does not enable is disabled.
-MANAGED_SERVICES = ("cloud", "apache2", "dnsmasq", "haproxy", "keepalived", "conntrackd", "radvd", "nfs-common")
+log = logging.getLogger("cloud_setup")
+
+# Which services run in which role is declared once, in the builder's sysvm.yaml (services), and
+# rendered into the image here; this module only reads it.
+DECLARATION = "opt/cloud/lib/cloud_setup/services.json"
 ROUTER_LIKE = ("router", "vpcrouter", "dhcpsrvr", "ilbvm", "elbvm")
+
+
+@dataclass(frozen=True)
+class RoleServices:
+    """The rendered declaration: the services whose state depends on the role, and each role's own."""
+
+    managed: tuple[str, ...] = ()  # every one the setup enables or disables; nothing else is touched
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    redundant_roles: tuple[str, ...] = ()  # roles whose command line may say redundant_router=true
+    redundant_instead_of: tuple[str, ...] = ()  # left off by a redundant router
+    redundant_add: tuple[str, ...] = ()  # run by a redundant router
+
+    @classmethod
+    def read(cls, paths: Paths) -> RoleServices:
+        """The declaration under `paths`; without a readable one (a broken image) no service is touched."""
+        path = paths / DECLARATION
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            redundant = data["redundant_router"]
+            return cls(tuple(data["managed"]),
+                       {role: tuple(names) for role, names in data["roles"].items()},
+                       tuple(redundant["roles"]), tuple(redundant["instead_of"]), tuple(redundant["add"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            log.error("cannot read the role services from %s (%s): services are left as they are", path, error)
+            return cls()
+
+    def for_role(self, role: str, redundant: bool) -> tuple[str, ...]:
+        """The services `role` enables; the rest of `managed` is disabled."""
+        services = self.roles.get(role, ())
+        if redundant and role in self.redundant_roles:
+            kept = tuple(s for s in services if s not in self.redundant_instead_of)
+            services = kept + tuple(s for s in self.redundant_add if s not in kept)
+        return services
 
 
 @dataclass(frozen=True)
 class RolePlan:
     role: str
     iptables_file: str
-    services: tuple[str, ...]  # enabled; the rest of MANAGED_SERVICES is disabled
     agent_resource: str  # empty: no CloudStack agent runs in this role
     ip_forward: bool
+    services: tuple[str, ...] = ()  # enabled; the rest of RoleServices.managed is disabled
 
 
 _PLANS = {
-    "consoleproxy": RolePlan("consoleproxy", "iptables-consoleproxy", ("cloud",),
+    "consoleproxy": RolePlan("consoleproxy", "iptables-consoleproxy",
                              "com.cloud.agent.resource.consoleproxy.ConsoleProxyResource", False),
-    "secstorage": RolePlan("secstorage", "iptables-secstorage", ("cloud", "apache2"),
+    "secstorage": RolePlan("secstorage", "iptables-secstorage",
                            "org.apache.cloudstack.storage.resource.NfsSecondaryStorageResource", False),
-    "router": RolePlan("router", "iptables-router", ("apache2", "dnsmasq", "haproxy"), "", True),
-    "vpcrouter": RolePlan("vpcrouter", "iptables-vpcrouter", ("apache2", "dnsmasq", "haproxy"), "", True),
-    "dhcpsrvr": RolePlan("dhcpsrvr", "iptables-router", ("apache2", "dnsmasq"), "", False),
-    "ilbvm": RolePlan("ilbvm", "iptables-router", ("haproxy",), "", True),
-    "elbvm": RolePlan("elbvm", "iptables-router", ("haproxy",), "", True),
+    "router": RolePlan("router", "iptables-router", "", True),
+    "vpcrouter": RolePlan("vpcrouter", "iptables-vpcrouter", "", True),
+    "dhcpsrvr": RolePlan("dhcpsrvr", "iptables-router", "", False),
+    "ilbvm": RolePlan("ilbvm", "iptables-router", "", True),
+    "elbvm": RolePlan("elbvm", "iptables-router", "", True),
 }
-DEFAULT_PLAN = RolePlan("default", "iptables-default", (), "", False)
+DEFAULT_PLAN = RolePlan("default", "iptables-default", "", False)
 
 
-def plan_for(line: CommandLine) -> RolePlan:
+def plan_for(line: CommandLine, services: RoleServices) -> RolePlan:
     plan = _PLANS.get(line.role, DEFAULT_PLAN)
-    if plan.role in ("router", "vpcrouter") and line.flag("redundant_router"):
-        services = tuple(s for s in plan.services if s != "dnsmasq") + ("keepalived", "conntrackd")
-        return RolePlan(plan.role, plan.iptables_file, services, plan.agent_resource, plan.ip_forward)
-    return plan
+    return dataclasses.replace(plan, services=services.for_role(plan.role, line.flag("redundant_router")))
 
 
 def control_nic(line: CommandLine, hypervisor: str) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from cloud_setup.cmdline import CommandLine, CommandRunner, Interface, valid_ipv4
 from cloud_setup.fileops import update_properties, write_if_changed
 from cloud_setup.paths import Paths
-from cloud_setup.roles import MANAGED_SERVICES, RolePlan, control_nic, plan_for
+from cloud_setup.roles import RolePlan, RoleServices, control_nic, plan_for
 
 log = logging.getLogger("cloud_setup")
 
@@ -28,10 +28,18 @@ class Setup:
     hypervisor: str
     runner: CommandRunner
     changed: list[Path] = field(default_factory=list)
+    _role_services: RoleServices | None = field(default=None, init=False, repr=False)
+
+    @property
+    def role_services(self) -> RoleServices:
+        """The image's declaration of role services, read once (a missing one is logged once)."""
+        if self._role_services is None:
+            self._role_services = RoleServices.read(self.paths)
+        return self._role_services
 
     @property
     def plan(self) -> RolePlan:
-        return plan_for(self.line)
+        return plan_for(self.line, self.role_services)
 
     @property
     def control_index(self) -> int:
@@ -187,9 +195,12 @@ class Setup:
             log.info("the CloudStack agent bundle is not in %s: the cloud service stays disabled",
                      self.paths.agent_bundle)
             wanted.discard("cloud")
-        states = (self.runner(["systemctl", "is-enabled", *(f"{s}.service" for s in MANAGED_SERVICES)],
+        managed = self.role_services.managed
+        if not managed:  # no declaration could be read (logged): every service stays as it is
+            return
+        states = (self.runner(["systemctl", "is-enabled", *(f"{s}.service" for s in managed)],
                               query=True) or "").split()
-        enabled = {service for service, state in zip(MANAGED_SERVICES, states) if state == "enabled"}
+        enabled = {service for service, state in zip(managed, states) if state == "enabled"}
         # One call each way: every systemctl call costs seconds under emulation. The units are loaded
         # already, so enabling needs no reload before they are started.
         for verb, now, services in (("enable", "start", sorted(wanted - enabled)),
