@@ -121,13 +121,14 @@ def router_documents(boot: RoleBoot) -> dict[str, dict[str, object]]:
         documents["ip_associations.json.7a1f0c9e-0001"] = {"type": "ips", "ip_address": [{
             "public_ip": PUBLIC_IP, "source_nat": True, "add": True, "one_to_one_nat": False, "first_i_p": True,
             "gateway": PUBLIC_GATEWAY, "netmask": GUEST_MASK, "vif_mac_address": nic_mac(public),
-            "nic_dev_id": public, "new_nic": False, "nw_type": "public", "is_private_gateway": False}]}
+            "nic_dev_id": public, "new_nic": False, "nw_type": "public", "is_private_gateway": False,
+            "mtu": 1500}]}
     if boot.role == "vpcrouter":  # isolated and shared networks come with the command line
         documents["guest_network.json.7a1f0c9e-0002"] = {
             "type": "guestnetwork", "add": True, "mac_address": nic_mac(2), "device": "eth2",
             "router_guest_ip": ROUTER_GUEST_IP, "router_guest_gateway": ROUTER_GUEST_IP,
             "router_guest_netmask": GUEST_MASK, "cidr": "24", "dns": boot.values["dns1"],
-            "domain_name": boot.values["domain"], "is_vr_guest_gateway": True}
+            "domain_name": boot.values["domain"], "is_vr_guest_gateway": True, "mtu": 1500}
     documents["vm_dhcp_entry.json.7a1f0c9e-0003"] = {
         "type": "dhcpentry", "host_name": GUEST_VM["name"], "mac_address": GUEST_VM["mac"],
         "ipv4_address": GUEST_VM["ip"], "default_gateway": boot.values.get("guestgw", ROUTER_GUEST_IP),

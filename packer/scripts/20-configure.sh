@@ -11,7 +11,9 @@ systemctl enable serial-getty@ttyS0.service
 # and the Apache modules its router metadata and secondary storage upload configuration use.
 install -d -m 0755 /opt/tftpboot /etc/cloudstack /usr/share/cloud /var/cache/cloud /usr/local/cloud /var/www/html
 a2enmod -q ssl rewrite auth_basic auth_digest
-for service in apache2 dnsmasq haproxy keepalived conntrackd; do
+# MANAGED_SERVICES (space-separated, from sysvm.yaml's services.managed): a package script that enabled
+# one of them again would start it before the role setup has decided whether this role runs it.
+for service in ${MANAGED_SERVICES}; do
   if systemctl is-enabled --quiet "${service}.service" 2>/dev/null; then
     echo "${service} is enabled: the role setup must be the one to start it" >&2
     exit 1
