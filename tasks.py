@@ -64,6 +64,19 @@ def bench(c: Context, config: str = "", set_: list[str] | None = None) -> None:
     guarded(lambda: run_bench(load_config(config, set_ or []), Workspace()))
 
 
+@task(iterable=["set_", "release"], help={
+    **CONFIG_HELP,
+    "release": "a Debian release to build and verify (repeatable), e.g. --release bookworm --release trixie",
+    "cloudstack": "a CloudStack source tree: also start each role as a 4.17+ host does, with its scripts",
+})
+def matrix(c: Context, config: str = "", set_: list[str] | None = None, release: list[str] | None = None,
+           cloudstack: str = "") -> None:
+    """Build and verify the template for each release, each in its own output folders; output/matrix.json."""
+    from sysvm.matrix import matrix as run_matrix
+
+    guarded(lambda: run_matrix(config, set_ or [], release or [], cloudstack))
+
+
 @task(help={"all_": "also remove the download cache (output/cache)"})
 def clean(c: Context, all_: bool = False) -> None:
     """Remove generated files under output/ (the apt cache stays unless --all)."""
