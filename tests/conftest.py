@@ -28,3 +28,22 @@ def workspace(tmp_path: Path) -> Workspace:
 @pytest.fixture
 def default_config() -> config_module.Config:
     return config_module.load()
+
+
+# The seeding tests' MariaDB: one server for the whole run (tests/mariadb.py), a clean table per test.
+@pytest.fixture(scope="module")
+def database():
+    from tests.mariadb import shared_server
+
+    return shared_server()
+
+
+@pytest.fixture
+def db(database):
+    from tests.mariadb import cloud_connection, reset_templates
+
+    connection = cloud_connection(database)
+    reset_templates(connection)
+    yield connection
+    reset_templates(connection)  # drops the trigger a test may have left
+    connection.close()

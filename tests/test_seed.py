@@ -14,25 +14,13 @@ from sysvm import seed
 from sysvm.errors import SysvmError
 from sysvm.ovf import write_ova
 from tests.disks import convert, empty_qcow2, tmpfs
-from tests.mariadb import cloud_connection, reset_templates, server_binary, shared_server
+from tests.mariadb import server_binary
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="mariadb-server is installed by ./run")
 MIB = 2**20
 KEYS = ["filename", "description", "hvm", "size", "{ext}", "id", "public", "{ext}.filename", "uniquename",
         "{ext}.virtualsize", "virtualsize", "{ext}.size"]
 
-
-@pytest.fixture(scope="module")
-def database():
-    return shared_server()
-
-
-@pytest.fixture
-def db(database):
-    connection = cloud_connection(database)
-    reset_templates(connection)
-    yield connection
-    connection.close()
 
 
 def rows(connection) -> dict[int, tuple]:

@@ -32,7 +32,7 @@ import pytest
 
 from sysvm import seed
 from sysvm.errors import SysvmError
-from tests.mariadb import cloud_connection, reset_templates, server_binary, shared_server
+from tests.mariadb import server_binary
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="mariadb-server is installed by ./run")
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,18 +101,6 @@ def table_row(fault: str, point: str) -> Iterator[Row]:
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def database():
-    return shared_server()
-
-
-@pytest.fixture
-def db(database):
-    connection = cloud_connection(database)
-    reset_templates(connection)
-    yield connection
-    reset_templates(connection)  # drops the trigger a test may have left
-    connection.close()
 
 
 @pytest.fixture(scope="module")
