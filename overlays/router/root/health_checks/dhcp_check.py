@@ -7,7 +7,7 @@ business (a backup redundant router stops it on purpose).
 """
 from __future__ import annotations
 
-from utility import CheckFailed, CheckUnknown, main, read_text, records, required, setting
+from utility import CheckFailed, main, read_text, setting, vms_with
 
 
 def hosts_entries(text: str) -> set[tuple[str, str, str]]:
@@ -22,18 +22,12 @@ def hosts_entries(text: str) -> set[tuple[str, str, str]]:
 
 
 def check(data: dict) -> str:
-    vms = records(data, "virtualMachines")
-    if vms is None:
-        raise CheckUnknown("no virtualMachines in the health check data")
-    expected = [vm for vm in vms if vm.get("dhcp", "true").lower() != "false"]
+    expected = vms_with(data, "dhcp", ("macAddress", "ip", "vmName"))
     if not expected:
         return "no VMs with DHCP to check"
     present = hosts_entries(read_text("HC_DHCP_HOSTS", missing_ok=True) or "")
-    missing = []
-    for index, vm in enumerate(expected):
-        required(vm, ("macAddress", "ip", "vmName"), f"virtualMachines record {index + 1}")
-        if (vm["macAddress"].lower(), vm["ip"], vm["vmName"].lower()) not in present:
-            missing.append(f"{vm['macAddress']} {vm['ip']} {vm['vmName']}")
+    missing = [f"{vm['macAddress']} {vm['ip']} {vm['vmName']}" for vm in expected
+               if (vm["macAddress"].lower(), vm["ip"], vm["vmName"].lower()) not in present]
     if missing:
         raise CheckFailed(f"missing from {setting('HC_DHCP_HOSTS')}: {', '.join(missing)}")
     return f"all {len(expected)} VMs are in {setting('HC_DHCP_HOSTS')}"

@@ -2,7 +2,7 @@
 """advanced: every VM the management server lists with DNS has its IP and name in /etc/hosts (dnsmasq serves it)."""
 from __future__ import annotations
 
-from utility import CheckFailed, CheckUnknown, main, read_text, records, required, setting
+from utility import CheckFailed, main, read_text, setting, vms_with
 
 
 def host_names(text: str) -> set[tuple[str, str]]:
@@ -15,18 +15,11 @@ def host_names(text: str) -> set[tuple[str, str]]:
 
 
 def check(data: dict) -> str:
-    vms = records(data, "virtualMachines")
-    if vms is None:
-        raise CheckUnknown("no virtualMachines in the health check data")
-    expected = [vm for vm in vms if vm.get("dns", "true").lower() != "false"]
+    expected = vms_with(data, "dns", ("ip", "vmName"))
     if not expected:
         return "no VMs with DNS to check"
     present = host_names(read_text("HC_HOSTS") or "")
-    missing = []
-    for index, vm in enumerate(expected):
-        required(vm, ("ip", "vmName"), f"virtualMachines record {index + 1}")
-        if (vm["ip"], vm["vmName"].lower()) not in present:
-            missing.append(f"{vm['ip']} {vm['vmName']}")
+    missing = [f"{vm['ip']} {vm['vmName']}" for vm in expected if (vm["ip"], vm["vmName"].lower()) not in present]
     if missing:
         raise CheckFailed(f"missing from {setting('HC_HOSTS')}: {', '.join(missing)}")
     return f"all {len(expected)} VMs are in {setting('HC_HOSTS')}"

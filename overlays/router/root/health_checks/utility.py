@@ -142,6 +142,18 @@ def required(record: Record, fields: tuple[str, ...], where: str) -> None:
         raise CheckFailed(f"health check data: {where} lacks {', '.join(missing)}")
 
 
+def vms_with(data: dict[str, Any], flag: str, fields: tuple[str, ...]) -> list[Record]:
+    """The virtualMachines records whose `flag` (dhcp, dns) is not "false", each holding `fields`;
+    CheckUnknown when the management server sent no virtualMachines."""
+    vms = records(data, "virtualMachines")
+    if vms is None:
+        raise CheckUnknown("no virtualMachines in the health check data")
+    chosen = [vm for vm in vms if vm.get(flag, "true").lower() != "false"]
+    for index, vm in enumerate(chosen):
+        required(vm, fields, f"virtualMachines record {index + 1}")
+    return chosen
+
+
 def threshold(data: dict[str, Any], key: str) -> float:
     """A number from the systemThresholds record; CheckUnknown when it was not sent."""
     merged: Record = {}
