@@ -34,7 +34,7 @@ def render_only(config: Config, workspace: Workspace, force: bool = False) -> Pa
 
 
 def build(config: Config, workspace: Workspace, force: bool = False) -> BuildResult:
-    tools.require(["rootfs", "disk", "packer", "overlay", "export"])
+    tools.require(["rootfs", "disk", "packer", "overlay", "export"], config)
     # What builds killed outright left (temporaries, staging and scratch folders); a running build's stay.
     leftovers = workspace.remove_leftovers()
     if leftovers:

@@ -47,7 +47,7 @@ class CloudStack:
 @dataclass(frozen=True)
 class Debian:
     release: str
-    architecture: Literal["amd64"]
+    architecture: str  # an entry of architectures
     mirror: str  # "auto": the Debian mirror the host's apt uses; a release may name its own default
     security_mirror: str
     # A cached rootfs is reused without the mirror (unreachable) only while it is younger than this; 0: never.
@@ -67,6 +67,29 @@ class Release:
     without_security: bool = False  # build without the security suite: only on the user's explicit say-so
     package_renames: dict[str, str] = field(default_factory=dict)
     packages_dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QemuMachine:
+    """How QEMU boots an image of an architecture (Packer's builder and verify alike)."""
+
+    binary: str  # qemu-system-x86_64, qemu-system-aarch64
+    machine: str  # -machine type
+    cpu: str = ""  # -cpu under emulation; empty: QEMU's default (with KVM: the host's)
+    firmware: str = ""  # -bios file; empty: the machine's default (SeaBIOS on pc)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What differs between CPU architectures, as data."""
+
+    cloudstack_name: str  # CloudStack's CPU.CPUArch name, also the kernel's: x86_64, aarch64
+    packages: list[str]  # the kernel and the boot loader
+    hypervisors: list[str]  # the artifacts built for this architecture
+    firmware: Literal["bios", "efi"]  # how the disk boots: MBR + GRUB boot sector, or GPT + EFI partition
+    grub_platform: str  # i386-pc, arm64-efi: the folder of GRUB's modules in the image
+    serial_console: str  # ttyS0, ttyAMA0
+    qemu: QemuMachine
 
 
 @dataclass(frozen=True)
@@ -179,6 +202,7 @@ class Config:
     cloudstack: CloudStack
     debian: Debian
     releases: dict[str, Release]
+    architectures: dict[str, Architecture]
     packages: Packages
     roles: list[str]
     services: Services
@@ -196,9 +220,19 @@ class Config:
     def release(self) -> Release:
         return self.releases[self.debian.release]
 
+    @property
+    def arch(self) -> Architecture:
+        return self.architectures[self.debian.architecture]
+
+    @property
+    def hypervisors(self) -> list[str]:
+        """The artifacts this build makes: export.hypervisors that the architecture is built for."""
+        return [name for name in self.export.hypervisors if name in self.arch.hypervisors]
+
     def package_list(self) -> list[str]:
-        """Every package of every role for the chosen release, renamed and filtered per release."""
-        wanted = [*self.packages.common, *(p for role in self.roles for p in self.packages.roles.get(role, []))]
+        """Every package of every role for the chosen release and architecture, renamed and filtered per release."""
+        wanted = [*self.packages.common, *self.arch.packages,
+                  *(p for role in self.roles for p in self.packages.roles.get(role, []))]
         wanted.append(self.release.java_package)
         renamed = [self.release.package_renames.get(name, name) for name in wanted]
         dropped = set(self.release.packages_dropped)
@@ -388,6 +422,12 @@ def _validate(config: Config, origins: Origins) -> None:
               f"unknown release (expected one of: {', '.join(KNOWN_RELEASES)})")
         check(not (release.without_security and release.security_mirror), ("releases", name, "without_security"),
               "true contradicts security_mirror: set one of them")
+    check(config.debian.architecture in config.architectures, ("debian", "architecture"),
+          f"unknown architecture {config.debian.architecture!r} (expected one of: {', '.join(config.architectures)})")
+    for name, arch in config.architectures.items():
+        for index, hypervisor in enumerate(arch.hypervisors):
+            check(hypervisor in KNOWN_HYPERVISORS, ("architectures", name, "hypervisors", str(index)),
+                  f"unknown hypervisor {hypervisor!r} (expected one of: {', '.join(KNOWN_HYPERVISORS)})")
     check(config.debian.max_rootfs_age_days >= 0, ("debian", "max_rootfs_age_days"),
           f"expected 0 or more days, got {config.debian.max_rootfs_age_days}")
     for index, role in enumerate(config.roles):
@@ -403,6 +443,9 @@ def _validate(config: Config, origins: Origins) -> None:
     for index, hypervisor in enumerate(config.export.hypervisors):
         check(hypervisor in KNOWN_HYPERVISORS, ("export", "hypervisors", str(index)),
               f"unknown hypervisor {hypervisor!r} (expected one of: {', '.join(KNOWN_HYPERVISORS)})")
+    check(bool(config.hypervisors), ("export", "hypervisors"),
+          f"none of them is built for {config.debian.architecture} "
+          f"(architectures.{config.debian.architecture}.hypervisors: {', '.join(config.arch.hypervisors)})")
     _validate_export(config, check)
     for name, release in config.releases.items():
         check(release.number > 0, ("releases", name, "number"), f"expected Debian's release number, got {release.number}")

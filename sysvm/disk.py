@@ -1,44 +1,42 @@
-"""disk stage: the root filesystem into a partitioned disk that boots under a BIOS, without loop devices.
+"""disk stage: the root filesystem into a partitioned disk that boots, without loop devices.
 
 mke2fs writes the filesystem straight into the partition's place in the disk file (-d from a folder,
--E offset), and GRUB's boot sector and core image, built with the image's own GRUB modules, go into
-the MBR and the gap before the partition. Nothing is mounted, so nothing can be left mounted.
+-E offset). GRUB, built with the image's own modules, boots it: under a BIOS (amd64) its boot sector and
+core image go into the MBR and the gap before the partition; under EFI (arm64) its EFI image goes, at
+the removable-media path the firmware looks for, into an EFI system partition made as a FAT file
+(mkfs.fat, mtools) and copied into place. Nothing is mounted, so nothing can be left mounted.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import typing
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysvm import log
+from sysvm import log, tools
 from sysvm.cache import stage_key
-from sysvm.config import Config
+from sysvm.config import Architecture, Config
 from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_path, remove_tree, scratch_dir
 from sysvm.qemu import PROBE_KERNEL
 from sysvm.rootfs import Rootfs
-from sysvm.run import run
+from sysvm.run import output, run
 from sysvm.workspace import Workspace
 
 SECTOR = 512
-PARTITION_START = 1 << 20  # 1 MiB: room for GRUB's core image before the partition
+MIB = 1 << 20
+PARTITION_START = MIB  # the first partition: room for GRUB's core image (BIOS) or the GPT before it
 MBR_CODE_SIZE = 440  # boot code; the disk signature and partition table follow and are kept
-GRUB_CORE_MODULES = ("biosdisk", "part_msdos", "ext2", "search", "search_fs_uuid")
-# Serial console (the hypervisors' consoles and QEMU's log) and eth0, eth1, ... in CloudStack's NIC order.
-KERNEL_CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"
-KERNEL_ARGS = f"ro {KERNEL_CONSOLE_ARGS}"
-# For update-grub inside the VM (a kernel upgrade): it must write the same console and NIC naming.
-GRUB_DEFAULTS = f"""GRUB_DEFAULT=0
-GRUB_TIMEOUT=1
-GRUB_DISTRIBUTOR=Debian
-GRUB_CMDLINE_LINUX_DEFAULT=""
-GRUB_CMDLINE_LINUX="{KERNEL_CONSOLE_ARGS}"
-GRUB_TERMINAL="console serial"
-GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
-"""
+ESP_SIZE = 64 * MIB  # the EFI system partition: GRUB's EFI image only
+# GRUB's modules built into the image it boots from; the rest it loads from /boot/grub/<platform>/.
+GRUB_CORE_MODULES = {"bios": ("biosdisk", "part_msdos", "ext2", "search", "search_fs_uuid"),
+                     "efi": ("part_gpt", "ext2", "search", "search_fs_uuid")}
+# Where EFI firmware looks for a boot loader on a disk with no boot entries (the UEFI specification's
+# removable-media path), per GRUB platform.
+EFI_LOADERS = {"arm64-efi": "EFI/BOOT/BOOTAA64.EFI", "x86_64-efi": "EFI/BOOT/BOOTX64.EFI"}
 FW_CFG_KEY = "opt/sysvm/build_key"
 
 BUILD_KEY_UNIT = f"""[Unit]
@@ -66,6 +64,25 @@ class BaseDisk:
     key: str
     image: Path  # qcow2
     root_uuid: str
+    root_offset: int = PARTITION_START  # where the root file system starts in the disk, in bytes
+
+
+def root_offset(arch: Architecture) -> int:
+    return PARTITION_START + (ESP_SIZE if arch.firmware == "efi" else 0)
+
+
+def kernel_console_args(arch: Architecture) -> str:
+    """Serial console (the hypervisors' consoles, QEMU's log) and eth0, eth1, ... in CloudStack's NIC order."""
+    return f"console=tty0 console={arch.serial_console},115200n8 net.ifnames=0 biosdevname=0"
+
+
+def grub_defaults(arch: Architecture) -> str:
+    """/etc/default/grub, for update-grub inside the VM (a kernel upgrade): it must keep the same console and
+    NIC naming. Under EFI the firmware's console already is the serial port."""
+    terminal = ('GRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n'
+                if arch.firmware == "bios" else 'GRUB_TERMINAL="console"\n')
+    return ("GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\nGRUB_DISTRIBUTOR=Debian\nGRUB_CMDLINE_LINUX_DEFAULT=\"\"\n"
+            f'GRUB_CMDLINE_LINUX="{kernel_console_args(arch)}"\n{terminal}')
 
 
 def units_disabled(config: Config) -> list[str]:
@@ -79,8 +96,10 @@ def units_disabled(config: Config) -> list[str]:
 def disk_key(config: Config, rootfs: Rootfs) -> str:
     # Only what this stage does with the services: which role enables what is decided at boot, so a change
     # there renders a new image without rebuilding the disk.
-    return stage_key("disk", rootfs.key, config.disk.size_mib, KERNEL_ARGS, GRUB_DEFAULTS, BUILD_KEY_UNIT,
-                     units_disabled(config), ENABLED_AT_BUILD, INIT_SCRIPTS_KEPT)
+    return stage_key("disk", rootfs.key, config.disk.size_mib, config.arch.firmware, config.arch.grub_platform,
+                     config.arch.serial_console, ESP_SIZE,
+                     grub_defaults(config.arch), BUILD_KEY_UNIT, units_disabled(config), ENABLED_AT_BUILD,
+                     INIT_SCRIPTS_KEPT)
 
 
 def kernel_version(root: Path) -> str:
@@ -90,24 +109,35 @@ def kernel_version(root: Path) -> str:
     return kernels[-1]
 
 
-def configure_boot(root: Path, root_uuid: str, disabled: typing.Sequence[str]) -> str:
+def efi_volume_id(root_uuid: str) -> str:
+    """The EFI partition's FAT volume ID, derived like the root UUID: the same inputs give the same disk."""
+    return root_uuid.replace("-", "")[:8].upper()
+
+
+def configure_boot(root: Path, root_uuid: str, arch: Architecture, disabled: typing.Sequence[str]) -> str:
     kernel = kernel_version(root)
-    (root / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+    fstab = f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n"
+    if arch.firmware == "efi":
+        volume = efi_volume_id(root_uuid)
+        (root / "boot/efi").mkdir(parents=True, exist_ok=True)
+        fstab += f"UUID={volume[:4]}-{volume[4:]} /boot/efi vfat umask=0077,nofail 0 1\n"
+    (root / "etc/fstab").write_text(fstab)
     grub_dir = root / "boot/grub"
-    modules_dir = grub_dir / "i386-pc"
+    modules_dir = grub_dir / arch.grub_platform
     modules_dir.mkdir(parents=True, exist_ok=True)
-    for module in (root / "usr/lib/grub/i386-pc").iterdir():
+    for module in (root / "usr/lib/grub" / arch.grub_platform).iterdir():
         if module.suffix in (".mod", ".lst"):
             shutil.copy2(module, modules_dir / module.name)
+    terminal = ("serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n"
+                if arch.firmware == "bios" else "")
     (grub_dir / "grub.cfg").write_text(
-        "set default=0\nset timeout=1\n"
-        "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n"
+        f"set default=0\nset timeout=1\n{terminal}"
         f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
         "menuentry 'CloudStack system VM' {\n"
-        f"  linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} {KERNEL_ARGS}\n"
+        f"  linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} ro {kernel_console_args(arch)}\n"
         f"  initrd /boot/initrd.img-{kernel}\n}}\n"
     )
-    (root / "etc/default/grub").write_text(GRUB_DEFAULTS)
+    (root / "etc/default/grub").write_text(grub_defaults(arch))
     (root / "etc/hostname").write_text("systemvm\n")
     (root / "etc/network/interfaces").write_text("auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")
     (root / BUILD_KEY_UNIT_PATH).write_text(BUILD_KEY_UNIT)
@@ -145,13 +175,18 @@ def _lock_root_password(root: Path) -> None:
     shadow.write_text("\n".join(locked) + "\n")
 
 
-def install_grub(root: Path, disk: Path, root_uuid: str, scratch: Path) -> None:
-    grub_modules = root / "usr/lib/grub/i386-pc"
+def grub_image(root: Path, root_uuid: str, arch: Architecture, scratch: Path) -> Path:
+    """GRUB's first stage: finds the root file system by UUID and reads its modules and grub.cfg there."""
     early = scratch / "early.cfg"
     early.write_text(f"search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\n")
-    core = scratch / "core.img"
-    run(["grub-mkimage", "-O", "i386-pc", "-d", grub_modules, "-o", core, "-c", early, "-p", "/boot/grub",
-         *GRUB_CORE_MODULES])
+    image = scratch / "grub.img"
+    run(["grub-mkimage", "-O", arch.grub_platform, "-d", root / "usr/lib/grub" / arch.grub_platform, "-o", image,
+         "-c", early, "-p", "/boot/grub", *GRUB_CORE_MODULES[arch.firmware]])
+    return image
+
+
+def install_bios_grub(root: Path, disk: Path, core: Path) -> None:
+    grub_modules = root / "usr/lib/grub/i386-pc"
     core_bytes = core.read_bytes()
     if len(core_bytes) > PARTITION_START - SECTOR:
         raise SysvmError(f"{core}: GRUB core image of {len(core_bytes)} bytes does not fit before the partition")
@@ -165,12 +200,44 @@ def install_grub(root: Path, disk: Path, root_uuid: str, scratch: Path) -> None:
         handle.write(core_bytes)
 
 
+def install_efi_grub(disk: Path, loader: Path, arch: Architecture, root_uuid: str, scratch: Path) -> None:
+    """An EFI system partition holding GRUB at the removable-media path, written into its place on the disk."""
+    esp = scratch / "esp.img"
+    run(["mkfs.fat", "-C", "-i", efi_volume_id(root_uuid), "-n", "EFI", esp, str(ESP_SIZE // 1024)])
+    target = EFI_LOADERS[arch.grub_platform]
+    folders = [folder.as_posix() for folder in reversed(Path(target).parents) if folder != Path(".")]
+    run(["mmd", "-i", esp, *(f"::{folder}" for folder in folders)])
+    run(["mcopy", "-i", esp, loader, f"::{target}"])
+    with disk.open("r+b") as handle, esp.open("rb") as source:
+        handle.seek(PARTITION_START)
+        shutil.copyfileobj(source, handle)
+
+
+def partition_table(arch: Architecture) -> str:
+    """sfdisk's input: the root partition runs to the end of the disk, so that it can grow with the disk."""
+    start = PARTITION_START // SECTOR
+    if arch.firmware == "bios":
+        return f"label: dos\nstart={start}, type=83, bootable\n"
+    return (f"label: gpt\nstart={start}, size={ESP_SIZE // SECTOR}, type=U, name=EFI\n"
+            f"start={root_offset(arch) // SECTOR}, type=L, name=ROOT\n")
+
+
+def root_partition_bytes(raw: Path, offset: int) -> int:
+    """The size sfdisk gave the partition that starts at `offset` (a GPT keeps a backup at the disk's end)."""
+    table = json.loads(output(["sfdisk", "--json", raw]))["partitiontable"]
+    sector = int(table.get("sectorsize", SECTOR))
+    for partition in table["partitions"]:
+        if int(partition["start"]) * sector == offset:
+            return int(partition["size"]) * sector
+    raise SysvmError(f"{raw}: sfdisk made no partition at byte {offset}")
+
+
 def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool = False) -> BaseDisk:
     key = disk_key(config, rootfs)
     folder = workspace.stage_dir("disk", key)
     # Derived from the key so that the same inputs give the same filesystem UUID.
     root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sysvm-disk:{key}"))
-    result = BaseDisk(key, folder / "base.qcow2", root_uuid)
+    result = BaseDisk(key, folder / "base.qcow2", root_uuid, root_offset(config.arch))
     if workspace.reusable("disk", result.image, force=force):
         return result
     scratch = scratch_dir(workspace.build / "tmp", "disk-")
@@ -178,22 +245,26 @@ def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool
         root = scratch / "root"
         root.mkdir()
         run(["tar", "-xpf", rootfs.tarball, "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C", root])
-        kernel = configure_boot(root, root_uuid, units_disabled(config))
+        kernel = configure_boot(root, root_uuid, config.arch, units_disabled(config))
         raw = scratch / "disk.raw"
-        size = config.disk.size_mib << 20
         with raw.open("wb") as handle:
-            handle.truncate(size)
-        run(["sfdisk", "--quiet", raw], input=f"label: dos\nstart={PARTITION_START // SECTOR}, type=83, bootable\n".encode())
-        partition_kib = (size - PARTITION_START) // 1024
+            handle.truncate(config.disk.size_mib * MIB)
+        run(["sfdisk", "--quiet", raw], input=partition_table(config.arch).encode())
+        partition_kib = root_partition_bytes(raw, result.root_offset) // 1024
         run(["mkfs.ext4", "-q", "-F", "-L", "ROOT", "-U", root_uuid, "-d", root,
-             "-E", f"offset={PARTITION_START}", raw, f"{partition_kib}k"])
-        install_grub(root, raw, root_uuid, scratch)
+             "-E", f"offset={result.root_offset}", raw, f"{partition_kib}k"])
+        loader = grub_image(root, root_uuid, config.arch, scratch)
+        if config.arch.firmware == "efi":
+            install_efi_grub(raw, loader, config.arch, root_uuid, scratch)
+        else:
+            install_bios_grub(root, raw, loader)
         with atomic_path(folder) as temporary:
             temporary.mkdir(parents=True)
             run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, temporary / "base.qcow2"])
             (temporary / "kernel").write_text(kernel + "\n")
-        workspace.cache.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / f"boot/vmlinuz-{kernel}", workspace.cache / PROBE_KERNEL)
+        if config.debian.architecture == tools.host_architecture():  # the KVM probe boots the host's own kind
+            workspace.cache.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / f"boot/vmlinuz-{kernel}", workspace.cache / PROBE_KERNEL)
     finally:
         remove_tree(scratch)
     log.say(f"    disk: kernel {kernel}, {config.disk.size_mib} MiB disk, root UUID {root_uuid}")

@@ -43,7 +43,7 @@ def name_pattern(config: Config) -> str:
 
 def artifact_name(config: Config, hypervisor: str) -> str:
     stem = name_pattern(config).format(version=config.cloudstack.version, hypervisor=hypervisor,
-                                       arch=metadata.CLOUDSTACK_ARCH[config.debian.architecture])
+                                       arch=config.arch.cloudstack_name)
     return f"{stem}.{EXTENSIONS[hypervisor]}"
 
 
@@ -102,7 +102,7 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
 
 def export_key(config: Config, final: FinalImage) -> str:
     # metadata.ini is left out: it is rewritten from the report's checksums without remaking artifacts.
-    return stage_key("export", final.key, config.export.hypervisors, name_pattern(config),
+    return stage_key("export", final.key, config.hypervisors, name_pattern(config),
                      config.export.vmware_hardware_version, config.cloudstack.version, config.debian.architecture)
 
 
@@ -146,7 +146,7 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
            durations: dict[str, float], force: bool = False) -> Artifacts:
     key = export_key(config, final)
     folder = workspace.artifacts
-    names = {hypervisor: artifact_name(config, hypervisor) for hypervisor in config.export.hypervisors}
+    names = {hypervisor: artifact_name(config, hypervisor) for hypervisor in config.hypervisors}
     meta_path = folder / metadata.FILE_NAME
     result = Artifacts(folder, {h: folder / n for h, n in names.items()}, folder / REPORT,
                        meta_path if config.export.metadata_format_for(config.cloudstack.version) else None)

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 FILE_NAME = "metadata.ini"
 
-# debian.architecture -> CloudStack's architecture name (its CPU.CPUArch types; also the kernel's).
-CLOUDSTACK_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
 # CloudStack reads a section without an architecture in its name as an x86_64 template.
 SECTION_DEFAULT_ARCH = "x86_64"
 
@@ -95,7 +93,7 @@ def render(config: Config, names: Mapping[str, str], digests: Mapping[str, Mappi
         return None
     major, minor, patch, security = version_key(config.cloudstack.version)
     version = f"{major}.{minor}.{patch}"
-    arch = CLOUDSTACK_ARCH[config.debian.architecture]
+    arch = config.arch.cloudstack_name
     base = config.export.download_url.format(major=major, minor=minor, version=config.cloudstack.version)
     base = base if base.endswith("/") else base + "/"
     # templateConfig.sh truncates the file with a bare echo, hence the empty first line; every section,

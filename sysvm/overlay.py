@@ -15,7 +15,6 @@ from pathlib import Path
 
 from sysvm import log
 from sysvm.cache import stage_key
-from sysvm.disk import PARTITION_START
 from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_path
 from sysvm.packer import ProvisionedDisk
@@ -40,15 +39,15 @@ def overlay_key(provisioned: ProvisionedDisk, overlay: Overlay) -> str:
     return stage_key("overlay", provisioned.key, overlay.key, ENABLED_UNITS)
 
 
-def _filesystem(image: Path) -> str:
-    return f"{image}?offset={PARTITION_START}"
+def _filesystem(image: Path, offset: int) -> str:
+    return f"{image}?offset={offset}"
 
 
-def _existing(image: Path, paths: list[str], scratch: Path) -> set[str]:
+def _existing(filesystem: str, paths: list[str], scratch: Path) -> set[str]:
     """Which of the paths exist in the image's filesystem (one read-only debugfs run)."""
     script = scratch / "lookup.debugfs"
     script.write_text("".join(f"stat {path}\n" for path in paths))
-    text = output(["debugfs", "-f", script, _filesystem(image)])
+    text = output(["debugfs", "-f", script, filesystem])
     found, current = set(), None
     for line in text.splitlines():
         match = re.match(r"debugfs: stat (.+)$", line)
@@ -93,18 +92,19 @@ def apply_overlay(provisioned: ProvisionedDisk, overlay: Overlay, workspace: Wor
         run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", provisioned.image, image])
         links = [f"{WANTS}/{unit}" for unit in ENABLED_UNITS]
         paths = ["/" + p.relative_to(overlay.tree).as_posix() for p in sorted(overlay.tree.rglob("*"))]
-        existing = _existing(image, [*paths, WANTS, *links], temporary)
+        filesystem = _filesystem(image, provisioned.root_offset)
+        existing = _existing(filesystem, [*paths, WANTS, *links], temporary)
         commands = write_script(overlay.tree, existing)
         for unit, link in zip(ENABLED_UNITS, links, strict=True):
             commands += ([f"rm {link}"] if link in existing else []) + [f"symlink {link} /etc/systemd/system/{unit}"]
         script = temporary / "overlay.debugfs"
         script.write_text("\n".join(commands) + "\n")
-        errors = run(["debugfs", "-w", "-f", script, _filesystem(image)], capture=True).stderr.decode()
+        errors = run(["debugfs", "-w", "-f", script, filesystem], capture=True).stderr.decode()
         problems = [line for line in errors.splitlines() if line.strip() and not line.startswith("debugfs ")]
         if problems:
             raise SysvmError(f"debugfs could not write the overlay: {problems[0]}")
         # e2fsck exits 1 when it only brought the free counts up to date, 0 when there was nothing to do.
-        check = run(["e2fsck", "-f", "-y", _filesystem(image)], check=False)
+        check = run(["e2fsck", "-f", "-y", filesystem], check=False)
         if check.returncode not in (0, 1):
             raise SysvmError(f"e2fsck found errors after writing the overlay (exit {check.returncode}; "
                              f"log: {log.current_log_path()})")

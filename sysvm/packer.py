@@ -26,12 +26,14 @@ from sysvm.workspace import Workspace
 
 SCRIPTS = ROOT / "packer" / "scripts"
 IMAGE_NAME = "systemvm.qcow2"
+PACKER_QEMU = "qemu-system-x86_64"  # what Packer's QEMU builder runs unless told otherwise
 
 
 @dataclass(frozen=True)
 class ProvisionedDisk:
     key: str
     image: Path
+    root_offset: int  # where the root file system starts, as in the base disk
 
 
 def packer_key(config: Config, disk: BaseDisk) -> str:
@@ -44,7 +46,13 @@ def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, s
     # MANAGED_SERVICES: what 20-configure.sh checks provisioning left disabled (sysvm.yaml's services);
     # the disk key covers it, since the disk stage disables the same list.
     environment = [f"IPTABLES_BACKEND={config.release.iptables_backend}",
-                   f"MANAGED_SERVICES={' '.join(config.services.managed)}"]
+                   f"MANAGED_SERVICES={' '.join(config.services.managed)}",
+                   f"SERIAL_CONSOLE={config.arch.serial_console}"]
+    machine = config.arch.qemu
+    # Packer's defaults are x86's; another architecture names its QEMU, machine, CPU and firmware.
+    emulated = {"qemu_binary": machine.binary, "machine_type": machine.machine} if machine.binary != PACKER_QEMU else {}
+    machine_args = [*([["-cpu", machine.cpu]] if machine.cpu and accel == "tcg" else []),
+                    *([["-bios", machine.firmware]] if machine.firmware else [])]
     return {
         "builders": [{
             "type": "qemu",
@@ -58,6 +66,7 @@ def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, s
             "format": "qcow2",
             # Packer grows a disk image to disk_size (40 GiB unless told): keep the configured size.
             "disk_size": f"{config.disk.size_mib}M",
+            **emulated,
             "accelerator": accel,
             "headless": True,
             "output_directory": str(output_dir),
@@ -78,6 +87,7 @@ def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, s
             "qemuargs": [
                 ["-fw_cfg", f"name={FW_CFG_KEY},file={key_file}.pub"],
                 ["-serial", f"file:{serial_log}"],
+                *machine_args,
             ],
         }],
         "provisioners": [{
@@ -92,10 +102,10 @@ def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, s
 def provision(config: Config, disk: BaseDisk, workspace: Workspace, force: bool = False) -> ProvisionedDisk:
     key = packer_key(config, disk)
     folder = workspace.stage_dir("packer", key)
-    result = ProvisionedDisk(key, folder / IMAGE_NAME)
+    result = ProvisionedDisk(key, folder / IMAGE_NAME, disk.root_offset)
     if workspace.reusable("packer", result.image, force=force):
         return result
-    accel = accelerator("auto", workspace.cache)
+    accel = accelerator("auto", workspace.cache, config.debian.architecture)
     scratch = scratch_dir(workspace.build / "tmp", "packer-")
     try:
         key_file = scratch / "build_key"

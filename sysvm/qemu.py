@@ -13,7 +13,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sysvm import log
+from sysvm import log, tools
+from sysvm.config import QemuMachine
 from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_write
 from sysvm.run import run, spawn
@@ -63,8 +64,11 @@ def probe_kvm(cache_dir: Path) -> bool:
     return works
 
 
-def accelerator(setting: str, cache_dir: Path) -> str:
-    """'kvm' or 'tcg' for a setting of auto, kvm or tcg."""
+def accelerator(setting: str, cache_dir: Path, architecture: str) -> str:
+    """'kvm' or 'tcg' for a setting of auto, kvm or tcg; an image of another architecture than the host's
+    (Debian's name) is always emulated."""
+    if architecture != tools.host_architecture():
+        return "tcg"
     if setting == "auto":
         return "kvm" if probe_kvm(cache_dir) else "tcg"
     return setting
@@ -87,6 +91,7 @@ class VirtualMachine:
     disk: Path  # the image to boot (any format qemu reads); never written to
     disk_format: str
     folder: Path  # where the overlay, sockets and console log live
+    machine: QemuMachine
     accel: str
     memory_mib: int
     nics: list[Nic] = field(default_factory=list)
@@ -106,14 +111,18 @@ class VirtualMachine:
 
     def command(self) -> list[str]:
         overlay = self.folder / f"{self.name}-overlay.qcow2"
-        command = ["qemu-system-x86_64", "-name", self.name, "-machine", f"pc,accel={self.accel}",
-                   "-m", str(self.memory_mib), "-smp", "1", "-nodefaults", "-display", "none", "-vga", "std",
+        command = [self.machine.binary, "-name", self.name, "-machine", f"{self.machine.machine},accel={self.accel}",
+                   "-m", str(self.memory_mib), "-smp", "1", "-nodefaults", "-display", "none",
                    "-serial", f"file:{self.console_log}",
                    "-drive", f"file={overlay},format=qcow2,if=virtio,cache=unsafe",
                    "-chardev", f"socket,id=qga0,path={self.agent_socket},server=on,wait=off",
                    "-device", "virtio-serial", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
         if self.accel == "kvm":
             command += ["-cpu", "host"]
+        elif self.machine.cpu:
+            command += ["-cpu", self.machine.cpu]
+        if self.machine.firmware:
+            command += ["-bios", self.machine.firmware]
         for index, nic in enumerate(self.nics):
             netdev = f"user,id=net{index},net={nic.network},restrict=on"
             if nic.forward_ssh_to:

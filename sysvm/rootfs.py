@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sysvm import log
+from sysvm import log, tools
 from sysvm.cache import stage_key
 from sysvm.config import Config
 from sysvm.errors import SysvmError
@@ -36,6 +36,7 @@ RECORD = "suites.json"  # in the stage folder: what the rootfs was built from, f
 FETCH_TIMEOUT_S = 20.0
 INDEX_HEAD_BYTES = 1 << 16  # enough of a compressed Packages index to read its first entries
 GONE = (404, 410)
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
 
 @dataclass(frozen=True)
@@ -336,11 +337,23 @@ def mmdebstrap_command(config: Config, cache: Path, target: Path, manifest: Path
     return command
 
 
+def check_emulation(config: Config, binfmt: Path = BINFMT) -> None:
+    """A foreign architecture's maintainer scripts run through qemu-user: its binfmt handler must be there."""
+    if config.debian.architecture == tools.host_architecture():
+        return
+    handler = binfmt / f"qemu-{config.arch.cloudstack_name}"
+    if not handler.is_file() or "enabled" not in handler.read_text():
+        raise SysvmError(f"debian.architecture {config.debian.architecture}: no binfmt handler {handler} to run "
+                         "its programs on this host (apt-get install qemu-user-static binfmt-support; "
+                         f"in a container, mount binfmt_misc on {binfmt} first)")
+
+
 def build_rootfs(config: Config, workspace: Workspace, force: bool = False) -> Rootfs:
     result, base = plan(config, workspace, force)
     folder = result.tarball.parent
     if workspace.reusable("rootfs", result.tarball, result.packages, folder / RECORD, force=force):
         return result
+    check_emulation(config)
     cache = workspace.cache / "apt" / f"{config.debian.release}-{config.debian.architecture}"
     cache.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder) as temporary:

@@ -223,8 +223,8 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
     key_file, public_key = management_key(workspace.verify / "keys")
     boot = role_boot(role, public_key)
     outcome = Outcome(name, artifact.name, role)
-    vm = VirtualMachine(name, disk, fmt, workspace.verify / "vms", accel, config.verify.memory_mib, boot.nics,
-                        config.verify.disk_mib)
+    vm = VirtualMachine(name, disk, fmt, workspace.verify / "vms", config.arch.qemu, accel,
+                        config.verify.memory_mib, boot.nics, config.verify.disk_mib)
     outcome.console_log = str(vm.console_log)
     timeout = config.verify.boot_timeout_s
     started = time.monotonic()
@@ -345,13 +345,13 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
            hypervisor: str = "", cloudstack: str = "") -> list[Outcome]:
     """Boot and test; with a CloudStack tree (`cloudstack`, else verify.cloudstack_scripts) the KVM roles are
     started as a 4.17+ host starts them, with that tree's scripts."""
-    tools.require(["verify"])
+    tools.require(["verify"], config)
     roles = list(roles or config.verify.roles)
     for role in roles:
         if role not in config.roles:
             raise SysvmError(f"--role {role}: not a role of this configuration ({', '.join(config.roles)})")
-    if hypervisor and hypervisor not in config.export.hypervisors:
-        raise SysvmError(f"--hypervisor {hypervisor}: expected one of {', '.join(config.export.hypervisors)}")
+    if hypervisor and hypervisor not in config.hypervisors:
+        raise SysvmError(f"--hypervisor {hypervisor}: expected one of {', '.join(config.hypervisors)}")
     tree_path = cloudstack or config.verify.cloudstack_scripts
     try:
         tree = locate(tree_path) if tree_path else None
@@ -359,7 +359,7 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         raise SysvmError(f"{'--cloudstack' if cloudstack else 'verify.cloudstack_scripts'}: {error}") from error
     workspace.verify.mkdir(parents=True, exist_ok=True)
     with log.stage("verify", workspace.logs):
-        accel = accelerator(config.verify.accelerator, workspace.cache)
+        accel = accelerator(config.verify.accelerator, workspace.cache, config.debian.architecture)
         host = host_files(tree, workspace.verify / "host") if tree else None
         if host:
             log.say(f"    starting roles as a CloudStack host with {tree.root} (cloud-scripts.tgz sha512 "
@@ -368,7 +368,7 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         images.mkdir(parents=True, exist_ok=True)
         targets = [(Path(artifact), hypervisor or "kvm")] if artifact else [
             (workspace.artifacts / artifact_name(config, target), target)
-            for target in ([hypervisor] if hypervisor else config.export.hypervisors)]
+            for target in ([hypervisor] if hypervisor else config.hypervisors)]
         jobs = []
         for path, target in targets:
             if not path.is_file():

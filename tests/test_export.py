@@ -250,10 +250,24 @@ def test_stage_keys_change_with_inputs():
 def test_missing_host_tool_names_the_debian_package(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SysvmError) as caught:
-        tools.require(["rootfs", "export"])
+        tools.require(["rootfs", "export"], config.load())
     message = str(caught.value)
     assert "missing host tools: lbzip2, mmdebstrap, qemu-img, tar" in message
     assert "apt-get install lbzip2 mmdebstrap qemu-utils tar" in message
+
+
+def test_an_arm64_build_asks_for_its_emulator_firmware_and_efi_tools(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(tools, "host_architecture", lambda: "amd64")
+    arm64 = config.load(None, ["debian.architecture=arm64"])
+    missing = tools.architecture_tools(["rootfs", "disk", "packer"], arm64.arch, foreign=True)
+    assert missing == {"qemu-system-aarch64", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd", "arch-test",
+                       "mkfs.fat", "mmd", "mcopy"}
+    assert tools.architecture_tools(["rootfs", "disk", "packer"], config.load().arch, foreign=False) == {
+        "qemu-system-x86_64"}
+    with pytest.raises(SysvmError) as caught:
+        tools.require(["disk", "packer"], arm64)
+    assert "qemu-system-arm" in str(caught.value) and "mtools" in str(caught.value)
 
 
 def test_build_stops_before_any_work_when_a_tool_is_missing(monkeypatch, tmp_path):

@@ -50,7 +50,7 @@ def default_build():
 def test_every_artifact_is_sound_and_holds_the_same_disk(default_build):
     cfg, workspace = default_build
     disks = {}
-    for hypervisor in cfg.export.hypervisors:
+    for hypervisor in cfg.hypervisors:
         artifact = workspace.artifacts / artifact_name(cfg, hypervisor)
         disks[hypervisor] = unpack_artifact(artifact, workspace.verify / "images")
     for hypervisor, (disk, fmt) in disks.items():
@@ -81,7 +81,7 @@ def test_verify_boots_every_format_and_every_role_passes(default_build):
     outcomes = verify(cfg, workspace)
     names = {outcome.name for outcome in outcomes}
     assert {f"{role}-kvm" for role in cfg.verify.roles} <= names
-    assert {f"boot-{h}" for h in cfg.export.hypervisors if h != "kvm"} <= names
+    assert {f"boot-{h}" for h in cfg.hypervisors if h != "kvm"} <= names
     assert all(outcome.passed for outcome in outcomes)
     assert (workspace.verify / "junit.xml").is_file()
 
@@ -139,7 +139,7 @@ def test_a_corrupt_archive_from_the_host_leaves_the_vm_on_its_own_setup(default_
         outcome.passed = True
 
     outcome = _boot_into_role(cfg, disk, fmt, Path(disk), "corrupt-scripts", "consoleproxy",
-                              accelerator(cfg.verify.accelerator, built.cache), workspace, host_sends_corrupt_scripts)
+                              accelerator(cfg.verify.accelerator, built.cache, cfg.debian.architecture), workspace, host_sends_corrupt_scripts)
     assert outcome.passed, outcome.message
 
 
@@ -161,5 +161,5 @@ def test_scripts_baked_at_build_time_run_when_the_host_sends_nothing(default_bui
         outcome.passed = True
 
     outcome = _boot_into_role(cfg, disk, fmt, Path(disk), "baked-router", "router",
-                              accelerator(cfg.verify.accelerator, workspace.cache), workspace, host_sends_nothing)
+                              accelerator(cfg.verify.accelerator, workspace.cache, cfg.debian.architecture), workspace, host_sends_nothing)
     assert outcome.passed, outcome.message

@@ -34,7 +34,7 @@ def provisioned(tmp_path) -> ProvisionedDisk:
                     f"{(64 << 20) - PARTITION_START >> 10}k"], check=True)
     image = tmp_path / "systemvm.qcow2"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
-    return ProvisionedDisk("p" * 16, image)
+    return ProvisionedDisk("p" * 16, image, PARTITION_START)
 
 
 @pytest.fixture

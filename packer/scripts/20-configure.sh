@@ -6,7 +6,7 @@ update-alternatives --set iptables "/usr/sbin/iptables-${IPTABLES_BACKEND}"
 update-alternatives --set ip6tables "/usr/sbin/ip6tables-${IPTABLES_BACKEND}"
 id cloud >/dev/null 2>&1 || useradd --create-home --shell /bin/bash cloud
 usermod --lock cloud
-systemctl enable serial-getty@ttyS0.service
+systemctl enable "serial-getty@${SERIAL_CONSOLE}.service"
 # Folders CloudStack's scripts expect (dnsmasq's TFTP root above all: without it dnsmasq will not start),
 # and the Apache modules its router metadata and secondary storage upload configuration use.
 install -d -m 0755 /opt/tftpboot /etc/cloudstack /usr/share/cloud /var/cache/cloud /usr/local/cloud /var/www/html
