@@ -1,4 +1,5 @@
-"""invoke bench: the speed and size targets, measured (results in output/bench.json).
+"""invoke bench: the speed and size targets, measured (results in output/bench.json, one entry per Debian
+release and architecture, so that an arm64 run sits beside the amd64 one).
 
 Runs a cold build (empty build folders and download cache), a rebuild with nothing changed, a rebuild
 after an overlay-only change, and verification of the configured roles on the KVM artifact. While the
@@ -20,6 +21,7 @@ from sysvm import log
 from sysvm.build import build
 from sysvm.config import Config
 from sysvm.fsutil import atomic_write, remove_tree
+from sysvm.qemu import accelerator
 from sysvm.verify import verify
 from sysvm.workspace import Workspace
 
@@ -109,6 +111,8 @@ def bench(config: Config, workspace: Workspace) -> dict[str, object]:
         log.say("bench: rebuild after an overlay-only change")
         results["overlay_only_rebuild_s"] = _timed(lambda: build(changed, workspace))
     results["release"] = config.debian.release
+    results["architecture"] = config.debian.architecture
+    results["accelerator"] = accelerator(config.verify.accelerator, workspace.cache, config.debian.architecture)
     results["peak_rss_mib"] = round(memory.peak_kib / 1024, 1)
     own_setup = replace(changed, verify=replace(changed.verify, cloudstack_scripts=""))
     log.say(f"bench: verify {', '.join(BENCH_ROLES)} on the KVM artifact")
@@ -125,6 +129,13 @@ def bench(config: Config, workspace: Workspace) -> dict[str, object]:
     results["stage_durations_s"] = report["durations_s"]
     results["targets"] = {**TARGETS, **START_TARGETS}
     results["met"] = {key: results[key] <= limit for key, limit in TARGETS.items()}  # type: ignore[operator]
-    atomic_write(workspace.root / "bench.json", json.dumps(results, indent=2) + "\n")
+    record = workspace.root / "bench.json"
+    try:
+        earlier = json.loads(record.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    runs = {name: entry for name, entry in earlier.items() if isinstance(entry, dict) and "release" in entry}
+    runs[f"{config.debian.release}-{config.debian.architecture}"] = results
+    atomic_write(record, json.dumps(runs, indent=2, sort_keys=True) + "\n")
     log.say(json.dumps(results, indent=2))
     return results

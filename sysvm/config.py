@@ -77,6 +77,7 @@ class QemuMachine:
     machine: str  # -machine type
     cpu: str = ""  # -cpu under emulation; empty: QEMU's default (with KVM: the host's)
     firmware: str = ""  # -bios file; empty: the machine's default (SeaBIOS on pc)
+    vga: str = ""  # -vga type for the guest's text console (tty1); empty: none, the serial console only
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,8 @@ class VirtualMachine:
             command += ["-cpu", self.machine.cpu]
         if self.machine.firmware:
             command += ["-bios", self.machine.firmware]
+        if self.machine.vga:
+            command += ["-vga", self.machine.vga]
         for index, nic in enumerate(self.nics):
             netdev = f"user,id=net{index},net={nic.network},restrict=on"
             if nic.forward_ssh_to:

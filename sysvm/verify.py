@@ -255,7 +255,7 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str,
                         "version": config.cloudstack.version,
                         "management_key": (key_file.parent / f"{key_file.name}.pub").read_text().strip(),
                         "java_package": config.release.java_package, "cloudstack": None,
-                        "disk_mib": config.verify.disk_mib,
+                        "disk_mib": config.verify.disk_mib, "serial_console": config.arch.serial_console,
                         # sysvm.yaml's services: what the image's own setup enables in this role, and
                         # every service whose state depends on the role
                         "services": {"enabled": config.services.roles.get(role, []),

@@ -64,3 +64,22 @@ def test_parallel_boots_share_one_management_key(tmp_path):
         keys = list(pool.map(lambda _: management_key(tmp_path / "keys"), range(4)))
     assert len({public for _, public in keys}) == 1
     assert keys[0][1].startswith("ssh-ed25519 ")
+
+
+@pytest.mark.parametrize(("architecture", "expected", "absent"), [
+    ("amd64", ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-vga", "std"], ["-bios", "-cpu"]),
+    ("arm64", ["qemu-system-aarch64", "-machine", "virt,accel=tcg", "-cpu", "cortex-a72", "-bios",
+               "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"], ["-vga"]),
+])
+def test_each_architecture_boots_in_its_own_qemu_machine(tmp_path, architecture, expected, absent):
+    from sysvm import config
+    from sysvm.qemu import Nic, VirtualMachine
+
+    arch = config.load(None, [f"debian.architecture={architecture}"]).arch
+    vm = VirtualMachine("vm", tmp_path / "disk.qcow2", "qcow2", tmp_path, arch.qemu, "tcg", 512,
+                        [Nic("169.254.0.0/16", forward_ssh_to="169.254.1.1")])
+    command = vm.command()
+    assert all(argument in command for argument in expected)
+    assert command[0] == expected[0]
+    assert not any(argument in command for argument in absent)
+    assert "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0" in command  # the command line's way in

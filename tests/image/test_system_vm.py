@@ -192,7 +192,8 @@ def test_update_grub_keeps_the_serial_console_and_nic_names(booted, expect):
     assert result.rc == 0, result.stderr
     entries = [line for line in booted.file("/boot/grub/grub.cfg").content_string.splitlines()
                if line.strip().startswith("linux")]
-    assert entries and all("console=ttyS0,115200n8" in line and "net.ifnames=0" in line for line in entries)
+    console = f"console={expect['serial_console']},115200n8"
+    assert entries and all(console in line and "net.ifnames=0" in line for line in entries)
 
 
 def test_root_file_system_grew_to_the_disk(booted, expect):
