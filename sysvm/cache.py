@@ -5,15 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 KEY_LENGTH = 16
 
 
-def hash_tree(roots: Iterable[Path], digest: hashlib._Hash | None = None) -> hashlib._Hash:
+def hash_tree(*roots: Path) -> str:
     """Hash relative paths, modes, link targets and contents of every file below the given folders."""
-    digest = digest or hashlib.sha256()
+    digest = hashlib.sha256()
     for root in roots:
         if not root.exists():
             continue
@@ -24,10 +23,9 @@ def hash_tree(roots: Iterable[Path], digest: hashlib._Hash | None = None) -> has
             elif path.is_file():
                 digest.update(f"F {relative} {path.stat().st_mode & 0o7777:o}\n".encode())
                 digest.update(path.read_bytes())
-    return digest
+    return digest.hexdigest()
 
 
-def stage_key(*parts: object, trees: Iterable[Path] = ()) -> str:
-    """A short hash of JSON-able inputs plus the files of some folders."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    return hash_tree(trees, digest).hexdigest()[:KEY_LENGTH]
+def stage_key(*parts: object) -> str:
+    """A short hash of JSON-able inputs."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:KEY_LENGTH]

@@ -232,21 +232,6 @@ def test_interrupted_export_leaves_nothing_that_looks_finished(provisioned, work
     assert list(workspace.artifacts.iterdir()) == []
 
 
-def test_stage_keys_change_with_inputs():
-    from sysvm.render import render_key
-    from sysvm.rootfs import inputs_key, suites
-
-    def rootfs_key(cfg: config.Config) -> str:  # what the configuration asks of the rootfs stage
-        return inputs_key(cfg, suites(cfg))
-
-    base = config.load()
-    assert render_key(base) == render_key(config.load())
-    assert render_key(base) != render_key(config.load(None, ["consoleproxy.websocket_port=8081"]))
-    assert rootfs_key(base) == rootfs_key(config.load(None, ["consoleproxy.websocket_port=8081"]))
-    assert rootfs_key(base) != rootfs_key(config.load(None, ["debian.release=bullseye"]))
-    assert rootfs_key(base) != rootfs_key(config.load(None, ["packages.roles.consoleproxy=[tcpdump, mtr-tiny]"]))
-
-
 def test_missing_host_tool_names_the_debian_package(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SysvmError) as caught:
