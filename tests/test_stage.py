@@ -9,7 +9,7 @@ import pytest
 
 from sysvm import config
 from sysvm.build import render_only
-from sysvm.cache import stage_key
+from sysvm.cache import hash_tree, stage_key
 from sysvm.stage import INPUTS, Stage, changes, reason
 from sysvm.workspace import Workspace
 
@@ -93,6 +93,23 @@ def test_reasons_stay_on_one_line():
     assert changes({"packages.common": []}, many) == ["packages.common changed: +p0 +p1 +p2 +p3 and 6 more"]
     assert changes({"suite bookworm indexes": "a 1 Packages\nb 2 Packages.xz"},
                    {"suite bookworm indexes": "c 1 Packages\nd 2 Packages.xz"}) == ["suite bookworm indexes changed"]
+
+
+def test_a_tree_hash_covers_single_files_and_leaves_out_byte_code(tmp_path):
+    tree = tmp_path / "layer"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "lib/setup.py").write_text("print('setup')\n")
+    script = tmp_path / "keystore-setup"
+    script.write_text("#!/bin/sh\n")
+    before = hash_tree(tree, script)
+
+    (tree / "lib/__pycache__").mkdir()
+    (tree / "lib/__pycache__/setup.cpython-311.pyc").write_bytes(b"\x00")  # what importing the code leaves
+    assert hash_tree(tree, script) == before
+    script.write_text("#!/bin/sh\nexit 1\n")
+    assert hash_tree(tree, script) != before
+    script.chmod(0o755)
+    assert hash_tree(tree, script) != hash_tree(tree, tmp_path / "missing")
 
 
 def test_render_says_which_setting_or_tree_made_it_render_again(workspace, capsys, monkeypatch, tmp_path):
