@@ -36,9 +36,8 @@ class Stage:
 
     @classmethod
     def of(cls, workspace: Workspace, name: str, inputs: Mapping[str, object]) -> Stage:
-        recorded = as_recorded(inputs)
-        key = stage_key(name, recorded)
-        return cls(name, key, workspace.stage_dir(name, key), recorded)
+        key = key_of(name, inputs)
+        return cls(name, key, workspace.stage_dir(name, key), as_recorded(inputs))
 
     def reuse(self, *outputs: Path, force: bool = False) -> bool:
         """True when every output exists from an earlier build with the same key and --force was not given.
@@ -68,6 +67,11 @@ class Stage:
         # The clock is read here: the kernel's file time advances in ticks, and two stages may share one.
         now = time.time_ns()
         os.utime(self.folder, ns=(now, now))
+
+
+def key_of(name: str, inputs: Mapping[str, object]) -> str:
+    """The key of a stage: a hash of its inputs exactly as they are recorded."""
+    return stage_key(name, as_recorded(inputs))
 
 
 def as_recorded(inputs: Mapping[str, object]) -> dict[str, object]:
