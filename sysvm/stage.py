@@ -47,8 +47,11 @@ class Stage:
             log.say(f"    {self.name}: up to date ({self.folder})")
             return True
         missing = [path.name for path in outputs if not path.is_file()]
-        latest = next((found.inputs for found in earlier(self.folder.parent, self.name)), None)
-        log.say(f"    {self.name}: {reason(latest, self.inputs, force, missing)}")
+        # Against its own folder when there is one (an output went missing), else the most recently used.
+        found = earlier(self.folder.parent, self.name)
+        own = [stage for stage in found if stage.folder == self.folder]
+        before = (own or found)[0].inputs if found else None
+        log.say(f"    {self.name}: {reason(before, self.inputs, force, missing)}")
         return False
 
     @contextmanager

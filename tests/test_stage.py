@@ -73,6 +73,7 @@ def test_a_failed_build_leaves_no_folder_and_lost_outputs_are_said(workspace, ca
     assert decision(stage, capsys) == (False, "demo: building (no earlier build)")
 
     build(stage)
+    build(demo(workspace, **{"disk.size_mib": 4096}))  # the most recently used, yet not what is compared
     (stage.folder / "out").unlink()
     assert decision(stage, capsys) == (False, "demo: rebuilding (out missing)")
 
@@ -130,6 +131,20 @@ def test_render_says_which_setting_or_tree_made_it_render_again(workspace, capsy
     (templates / "router/etc/motd.j2").write_text("router\n")
     monkeypatch.setattr(render_module, "TEMPLATES", templates)
     assert said("consoleproxy.http_port=8000") == "render: rebuilding (templates/router/ changed)"
+
+
+def test_a_stage_after_another_names_the_stage_before_it(workspace, default_config, tmp_path, capsys):
+    from sysvm.disk import disk_inputs
+    from sysvm.rootfs import Rootfs
+
+    def disk_stage(key: str, *overrides: str) -> Stage:
+        rootfs = Rootfs(key, tmp_path / "rootfs.tar", tmp_path / "packages.txt")
+        return Stage.of(workspace, "disk", disk_inputs(config.load(None, list(overrides)), rootfs))
+
+    build(disk_stage("a" * 16))
+    assert decision(disk_stage("b" * 16), capsys) == (False, f"disk: rebuilding (rootfs changed: {'a' * 16} → {'b' * 16})")
+    assert decision(disk_stage("a" * 16, "disk.size_mib=4096"), capsys) == (
+        False, f"disk: rebuilding (disk.size_mib changed: {default_config.disk.size_mib} → 4096)")
 
 
 def test_the_rootfs_and_render_inputs_follow_their_settings_only(default_config):
