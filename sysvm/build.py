@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,8 +53,6 @@ def build(config: Config, workspace: Workspace, force: bool = False) -> BuildRes
     provisioned = timed("packer", lambda: provision(config, disk, workspace, force))
     final = timed("overlay", lambda: apply_overlay(provisioned, overlay, workspace, force))
     artifacts = timed("export", lambda: export(config, final, overlay, rootfs, workspace, durations, force))
-    for stage, folder in (("rootfs", rootfs.tarball.parent), ("disk", disk.image.parent),
-                          ("packer", provisioned.image.parent), ("overlay", final.image.parent)):
-        os.utime(folder)  # mark as recently used, then drop the older ones
+    for stage in ("rootfs", "disk", "packer", "overlay"):  # each stage marked the folder it used
         workspace.prune(stage)
     return BuildResult(artifacts, durations)

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sysvm import log, tools
-from sysvm.cache import stage_key
 from sysvm.config import Architecture, Config
 from sysvm.errors import SysvmError
-from sysvm.fsutil import atomic_path, remove_tree, scratch_dir
+from sysvm.fsutil import remove_tree, scratch_dir
 from sysvm.qemu import PROBE_KERNEL
 from sysvm.rootfs import Rootfs
 from sysvm.run import output, run
+from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 
 SECTOR = 512
@@ -93,13 +93,17 @@ def units_disabled(config: Config) -> list[str]:
     return [*(f"{name}.service" for name in config.services.managed), *config.services.disabled_at_build]
 
 
-def disk_key(config: Config, rootfs: Rootfs) -> str:
+def disk_inputs(config: Config, rootfs: Rootfs) -> dict[str, object]:
     # Only what this stage does with the services: which role enables what is decided at boot, so a change
     # there renders a new image without rebuilding the disk.
-    return stage_key("disk", rootfs.key, config.disk.size_mib, config.arch.firmware, config.arch.grub_platform,
-                     config.arch.serial_console, ESP_SIZE,
-                     grub_defaults(config.arch), BUILD_KEY_UNIT, units_disabled(config), ENABLED_AT_BUILD,
-                     INIT_SCRIPTS_KEPT)
+    arch = config.arch
+    return {"rootfs": rootfs.key, "disk.size_mib": config.disk.size_mib,
+            f"architectures.{config.debian.architecture}.firmware": arch.firmware,
+            f"architectures.{config.debian.architecture}.grub_platform": arch.grub_platform,
+            f"architectures.{config.debian.architecture}.serial_console": arch.serial_console,
+            "disk.py ESP_SIZE": ESP_SIZE, "/etc/default/grub": grub_defaults(arch),
+            "disk.py BUILD_KEY_UNIT": BUILD_KEY_UNIT, "units disabled": units_disabled(config),
+            "disk.py ENABLED_AT_BUILD": ENABLED_AT_BUILD, "disk.py INIT_SCRIPTS_KEPT": INIT_SCRIPTS_KEPT}
 
 
 def kernel_version(root: Path) -> str:
@@ -233,12 +237,11 @@ def root_partition_bytes(raw: Path, offset: int) -> int:
 
 
 def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool = False) -> BaseDisk:
-    key = disk_key(config, rootfs)
-    folder = workspace.stage_dir("disk", key)
+    stage = Stage.of(workspace, "disk", disk_inputs(config, rootfs))
     # Derived from the key so that the same inputs give the same filesystem UUID.
-    root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sysvm-disk:{key}"))
-    result = BaseDisk(key, folder / "base.qcow2", root_uuid, root_offset(config.arch))
-    if workspace.reusable("disk", result.image, force=force):
+    root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sysvm-disk:{stage.key}"))
+    result = BaseDisk(stage.key, stage.folder / "base.qcow2", root_uuid, root_offset(config.arch))
+    if stage.reuse(result.image, force=force):
         return result
     scratch = scratch_dir(workspace.build / "tmp", "disk-")
     try:
@@ -258,8 +261,7 @@ def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool
             install_efi_grub(raw, loader, config.arch, root_uuid, scratch)
         else:
             install_bios_grub(root, raw, loader)
-        with atomic_path(folder) as temporary:
-            temporary.mkdir(parents=True)
+        with stage.building() as temporary:
             run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, temporary / "base.qcow2"])
             (temporary / "kernel").write_text(kernel + "\n")
         if config.debian.architecture == tools.host_architecture():  # the KVM probe boots the host's own kind

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sysvm import log, metadata
-from sysvm.cache import stage_key
 from sysvm.cloudstack import locate
 from sysvm.config import Config
 from sysvm.fsutil import atomic_write, hash_file, remove_tree, scratch_dir
@@ -21,6 +20,7 @@ from sysvm.ovf import write_ova
 from sysvm.render import Overlay
 from sysvm.rootfs import Rootfs
 from sysvm.run import output, run
+from sysvm.stage import as_recorded, key_of, reason
 from sysvm.workspace import Workspace
 
 EXTENSIONS = {"kvm": "qcow2.bz2", "xen": "vhd.bz2", "vmware": "ova", "hyperv": "vhd.zip", "ovm": "raw.bz2"}
@@ -100,10 +100,12 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
     return target
 
 
-def export_key(config: Config, final: FinalImage) -> str:
+def export_inputs(config: Config, final: FinalImage) -> dict[str, object]:
     # metadata.ini is left out: it is rewritten from the report's checksums without remaking artifacts.
-    return stage_key("export", final.key, config.hypervisors, name_pattern(config),
-                     config.export.vmware_hardware_version, config.cloudstack.version, config.debian.architecture)
+    return {"overlay": final.key, "export.hypervisors": config.hypervisors,
+            "export.name_pattern": name_pattern(config),
+            "export.vmware_hardware_version": config.export.vmware_hardware_version,
+            "cloudstack.version": config.cloudstack.version, "debian.architecture": config.debian.architecture}
 
 
 def _refresh_metadata(config: Config, folder: Path, report: dict[str, object]) -> None:
@@ -144,17 +146,21 @@ def tool_versions() -> dict[str, str]:
 
 def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, workspace: Workspace,
            durations: dict[str, float], force: bool = False) -> Artifacts:
-    key = export_key(config, final)
+    inputs = as_recorded(export_inputs(config, final))
+    key = key_of("export", inputs)
     folder = workspace.artifacts
     names = {hypervisor: artifact_name(config, hypervisor) for hypervisor in config.hypervisors}
     meta_path = folder / metadata.FILE_NAME
     result = Artifacts(folder, {h: folder / n for h, n in names.items()}, folder / REPORT,
                        meta_path if config.export.metadata_format_for(config.cloudstack.version) else None)
     previous = _previous(folder)
-    if previous.get("export_key") == key and all(p.is_file() for p in result.files.values()) and not force:
+    missing = [path.name for path in result.files.values() if not path.is_file()]
+    if previous.get("export_key") == key and not missing and not force:
         log.say(f"    export: up to date ({folder})")
         _refresh_metadata(config, folder, previous)
         return result
+    recorded = previous.get("export_inputs")
+    log.say(f"    export: {reason(recorded if isinstance(recorded, dict) else None, inputs, force, missing)}")
     # An older set must not sit beside a half-made new one looking finished.
     for stale in [*previous.get("artifacts", {}), REPORT, *CHECKSUM_FILES.values(), PACKAGES, metadata.FILE_NAME]:
         (folder / str(stale)).unlink(missing_ok=True)
@@ -187,6 +193,7 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
     durations = {**durations, "export": round(time.monotonic() - started, 2)}
     report = {
         "export_key": key,
+        "export_inputs": inputs,  # what the key was made from: the next export says which of them changed
         "cloudstack_version": config.cloudstack.version,
         "name_pattern": name_pattern(config),
         "inputs": config.as_dict(),

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sysvm import log
-from sysvm.cache import stage_key
 from sysvm.errors import SysvmError
-from sysvm.fsutil import atomic_path
 from sysvm.packer import ProvisionedDisk
 from sysvm.render import Overlay
 from sysvm.run import output, run
+from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 
 IMAGE_NAME = "systemvm.raw"
@@ -35,8 +34,8 @@ class FinalImage:
     image: Path  # raw disk: what every artifact is exported from
 
 
-def overlay_key(provisioned: ProvisionedDisk, overlay: Overlay) -> str:
-    return stage_key("overlay", provisioned.key, overlay.key, ENABLED_UNITS)
+def overlay_inputs(provisioned: ProvisionedDisk, overlay: Overlay) -> dict[str, object]:
+    return {"packer": provisioned.key, "render": overlay.key, "overlay.py ENABLED_UNITS": ENABLED_UNITS}
 
 
 def _filesystem(image: Path, offset: int) -> str:
@@ -78,16 +77,14 @@ def write_script(tree: Path, existing: set[str]) -> list[str]:
 
 def apply_overlay(provisioned: ProvisionedDisk, overlay: Overlay, workspace: Workspace,
                   force: bool = False) -> FinalImage:
-    key = overlay_key(provisioned, overlay)
-    folder = workspace.stage_dir("overlay", key)
-    result = FinalImage(key, folder / IMAGE_NAME)
-    if workspace.reusable("overlay", result.image, force=force):
+    stage = Stage.of(workspace, "overlay", overlay_inputs(provisioned, overlay))
+    result = FinalImage(stage.key, stage.folder / IMAGE_NAME)
+    if stage.reuse(result.image, force=force):
         return result
     for entry in sorted(overlay.tree.rglob("*")):
         if any(c.isspace() for c in entry.name):
             raise SysvmError(f"{entry}: overlay paths must not contain white space (debugfs cannot write them)")
-    with atomic_path(folder) as temporary:
-        temporary.mkdir(parents=True)
+    with stage.building() as temporary:
         image = temporary / IMAGE_NAME
         run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", provisioned.image, image])
         links = [f"{WANTS}/{unit}" for unit in ENABLED_UNITS]

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sysvm import log
-from sysvm.cache import stage_key
+from sysvm.cache import hash_tree
 from sysvm.config import ROOT, Config
 from sysvm.disk import FW_CFG_KEY, BaseDisk
-from sysvm.fsutil import atomic_path, remove_tree, scratch_dir, sha256_file
+from sysvm.fsutil import remove_tree, scratch_dir, sha256_file
 from sysvm.qemu import accelerator
 from sysvm.run import run
+from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 
 SCRIPTS = ROOT / "packer" / "scripts"
@@ -36,9 +37,10 @@ class ProvisionedDisk:
     root_offset: int  # where the root file system starts, as in the base disk
 
 
-def packer_key(config: Config, disk: BaseDisk) -> str:
-    return stage_key("packer", disk.key, config.release.iptables_backend, config.disk.size_mib,
-                     config.packer.memory_mib, trees=[SCRIPTS])
+def packer_inputs(config: Config, disk: BaseDisk) -> dict[str, object]:
+    return {"disk": disk.key, f"releases.{config.debian.release}.iptables_backend": config.release.iptables_backend,
+            "disk.size_mib": config.disk.size_mib, "packer.memory_mib": config.packer.memory_mib,
+            "packer/scripts/": hash_tree(SCRIPTS)}
 
 
 def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, serial_log: Path,
@@ -100,10 +102,9 @@ def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, s
 
 
 def provision(config: Config, disk: BaseDisk, workspace: Workspace, force: bool = False) -> ProvisionedDisk:
-    key = packer_key(config, disk)
-    folder = workspace.stage_dir("packer", key)
-    result = ProvisionedDisk(key, folder / IMAGE_NAME, disk.root_offset)
-    if workspace.reusable("packer", result.image, force=force):
+    stage = Stage.of(workspace, "packer", packer_inputs(config, disk))
+    result = ProvisionedDisk(stage.key, stage.folder / IMAGE_NAME, disk.root_offset)
+    if stage.reuse(result.image, force=force):
         return result
     accel = accelerator("auto", workspace.cache, config.debian.architecture)
     scratch = scratch_dir(workspace.build / "tmp", "packer-")
@@ -119,8 +120,7 @@ def provision(config: Config, disk: BaseDisk, workspace: Workspace, force: bool 
                        "CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": str(workspace.cache / "packer")}
         with log.waiting(f"Packer to boot and provision the image ({accel}; serial console: {serial_log})"):
             run(["packer", "build", "-color=false", template_file], env=environment, cwd=scratch)
-        with atomic_path(folder) as temporary:
-            temporary.mkdir(parents=True)
+        with stage.building() as temporary:
             (output_dir / IMAGE_NAME).rename(temporary / IMAGE_NAME)
             (temporary / "template.json").write_text(template_file.read_text())
     finally:

@@ -15,11 +15,11 @@ from pathlib import Path
 import jinja2
 
 from sysvm import log
-from sysvm.cache import stage_key
+from sysvm.cache import hash_tree
 from sysvm.cloudstack import CloudStackTree, locate, pack_scripts
 from sysvm.config import ROOT, Config
 from sysvm.errors import SysvmError
-from sysvm.fsutil import atomic_path
+from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 
 TEMPLATES = ROOT / "templates"
@@ -96,12 +96,22 @@ def _baked_scripts(config: Config) -> CloudStackTree | None:
     return locate(config.cloudstack.scripts) if config.cloudstack.scripts else None
 
 
-def render_key(config: Config) -> str:
-    sources = [TEMPLATES / name for name in layers(config)] + [OVERLAYS / name for name in layers(config)]
+def render_inputs(config: Config) -> dict[str, object]:
+    """What the rendered tree is made from: the templates' values under the names the templates use, the
+    layers in order, and the hash of each folder read, under its own name (`templates/common/`)."""
     baked = _baked_scripts(config)
-    cloudstack = [baked.debian, *baked.keystore_scripts()] if baked else []
-    return stage_key("render", context(config), layers(config), str(baked.root) if baked else "",
-                     trees=[*sources, *_extra_layers(config), *cloudstack])
+    trees: dict[str, list[Path]] = {}
+    for name in layers(config):
+        trees[f"templates/{name}/"] = [TEMPLATES / name]
+        trees[f"overlays/{name}/"] = [OVERLAYS / name]
+    for layer, folder in zip(config.overlay_layers, _extra_layers(config), strict=True):
+        trees[f"{layer.rstrip('/')}/"] = [folder]
+    if baked:
+        trees["cloudstack.scripts systemvm/debian/"] = [baked.debian]
+        trees["cloudstack.scripts scripts/util/keystore-*"] = baked.keystore_scripts()
+    return {**context(config), "layers": layers(config), "overlay_layers": config.overlay_layers,
+            "cloudstack.scripts": str(baked.root) if baked else "",
+            **{name: hash_tree(*folders) for name, folders in trees.items()}}
 
 
 def _render_templates(environment: jinja2.Environment, layer: str, values: dict[str, object], tree: Path) -> None:
@@ -181,19 +191,18 @@ def _manifest(tree: Path) -> list[dict[str, str]]:
 
 
 def render(config: Config, workspace: Workspace, force: bool = False) -> Overlay:
-    key = render_key(config)
-    folder = workspace.stage_dir("render", key)
-    overlay = Overlay(key, folder / "overlay", folder / "manifest.json")
-    if workspace.reusable("render", overlay.manifest, force=force):
+    stage = Stage.of(workspace, "render", render_inputs(config))
+    overlay = Overlay(stage.key, stage.folder / "overlay", stage.folder / "manifest.json")
+    if stage.reuse(overlay.manifest, force=force):
         return overlay
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
     )
     values = context(config)
-    with atomic_path(folder) as temporary:
+    with stage.building() as temporary:
         tree = temporary / "overlay"
-        tree.mkdir(parents=True)
+        tree.mkdir()
         for layer in layers(config):
             _render_templates(environment, layer, values, tree)
             _copy_layer(OVERLAYS / layer, tree)
@@ -203,7 +212,7 @@ def render(config: Config, workspace: Workspace, force: bool = False) -> Overlay
         signature = tree / SIGNATURE_PATH
         signature.parent.mkdir(parents=True, exist_ok=True)
         signature.write_text((bake_scripts(baked, tree) if baked else scripts_signature(tree)) + "\n")
-        document = {"key": key, "release": config.debian.release, "layers": layers(config),
+        document = {"key": stage.key, "release": config.debian.release, "layers": layers(config),
                     "files": _manifest(tree)}
         (temporary / "manifest.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     log.say(f"    render: {len(overlay.entries())} files in {overlay.tree}")

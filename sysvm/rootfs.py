@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sysvm import log, tools
-from sysvm.cache import stage_key
 from sysvm.config import Config
 from sysvm.errors import SysvmError
-from sysvm.fsutil import atomic_path
 from sysvm.run import run
+from sysvm.stage import Stage, as_recorded, earlier
 from sysvm.workspace import Workspace
 
 HOST_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 MANIFEST_FORMAT = "${Package}\\t${Version}\\t${Architecture}\\n"
-RECORD = "suites.json"  # in the stage folder: what the rootfs was built from, for reuse and the build report
+# In the stage folder: when the rootfs was built (the age limit without a mirror) and each suite's Release date.
+RECORD = "suites.json"
 FETCH_TIMEOUT_S = 20.0
 INDEX_HEAD_BYTES = 1 << 16  # enough of a compressed Packages index to read its first entries
 GONE = (404, 410)
@@ -250,73 +250,103 @@ def suite_states(config: Config, wanted: list[Suite]) -> dict[str, SuiteState]:
     return states
 
 
-def inputs_key(config: Config, wanted: list[Suite]) -> str:
-    """The key of what the configuration asks for, before the mirror's state is known."""
-    return stage_key("rootfs", config.debian.release, config.debian.architecture, [s.source() for s in wanted],
-                     config.package_list(), config.path_excludes, config.path_includes)
+def package_inputs(config: Config) -> dict[str, list[str]]:
+    """Config.package_list(), split by the setting that asks for each package, so that a rebuild names the
+    setting that changed. What none of these settings names comes under `other packages`; the union stays
+    exactly what mmdebstrap installs."""
+    left = set(config.package_list())
+    renames = config.release.package_renames
+    settings = {"packages.common": config.packages.common,
+                f"architectures.{config.debian.architecture}.packages": config.arch.packages,
+                **{f"packages.roles.{role}": config.packages.roles.get(role, []) for role in config.roles},
+                f"releases.{config.debian.release}.java_package": [config.release.java_package]}
+    split = {}
+    for name, listed in settings.items():
+        asked = left & {renames.get(package, package) for package in listed}
+        if asked:
+            split[name] = sorted(asked)
+            left -= asked
+    return {**split, **({"other packages": sorted(left)} if left else {})}
 
 
-def rootfs_key(base: str, states: dict[str, SuiteState]) -> str:
-    return stage_key(base, {name: state.indexes for name, state in sorted(states.items())})
+def rootfs_inputs(config: Config, wanted: list[Suite]) -> dict[str, object]:
+    """What the configuration asks of the rootfs, before the mirror is asked."""
+    return {"debian.release": config.debian.release, "debian.architecture": config.debian.architecture,
+            "apt sources": [suite.source() for suite in wanted], **package_inputs(config),
+            "path_excludes": config.path_excludes, "path_includes": config.path_includes}
+
+
+def _indexes_input(suite: str) -> str:
+    return f"suite {suite} indexes"
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def latest_cached(workspace: Workspace, base: str) -> tuple[Rootfs, datetime.datetime] | None:
-    """The newest complete rootfs built for these inputs, with when it was built."""
-    found: tuple[Rootfs, datetime.datetime] | None = None
-    for record_path in workspace.build.glob(f"rootfs-*/{RECORD}"):
-        folder = record_path.parent
+def _rootfs(stage: Stage, suites: dict[str, str], without_security: bool) -> Rootfs:
+    return Rootfs(stage.key, stage.folder / "rootfs.tar", stage.folder / "packages.txt", suites, without_security)
+
+
+def latest_cached(workspace: Workspace, wanted: list[Suite],
+                  asked: dict[str, object]) -> tuple[Stage, Rootfs, datetime.datetime] | None:
+    """The newest complete rootfs built for what the configuration asks, whatever the mirror's state was
+    then, with when it was built."""
+    mirror = {_indexes_input(suite.name) for suite in wanted}
+    found: tuple[Stage, Rootfs, datetime.datetime] | None = None
+    for stage in earlier(workspace.build, "rootfs"):
+        if {name: value for name, value in stage.inputs.items() if name not in mirror} != as_recorded(asked):
+            continue
         try:
-            record = json.loads(record_path.read_text())
+            record = json.loads((stage.folder / RECORD).read_text())
             built = datetime.datetime.fromisoformat(record["built"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        rootfs = Rootfs(folder.name.removeprefix("rootfs-"), folder / "rootfs.tar", folder / "packages.txt",
-                        dict(record.get("suites", {})), bool(record.get("without_security", False)))
-        if record.get("inputs_key") != base or not (rootfs.tarball.is_file() and rootfs.packages.is_file()):
+        rootfs = _rootfs(stage, dict(record.get("suites", {})), bool(record.get("without_security", False)))
+        if not (rootfs.tarball.is_file() and rootfs.packages.is_file()):
             continue
-        if found is None or built > found[1]:
-            found = (rootfs, built)
+        if found is None or built > found[2]:
+            found = (stage, rootfs, built)
     return found
 
 
-def _without_mirror(config: Config, workspace: Workspace, base: str, error: Unreachable, force: bool) -> Rootfs:
+def _without_mirror(config: Config, workspace: Workspace, wanted: list[Suite], asked: dict[str, object],
+                    error: Unreachable, force: bool) -> Rootfs:
     """A cached rootfs when the mirror cannot be asked whether it is current, if it is recent enough."""
     limit = config.debian.max_rootfs_age_days
     if force:
         raise SysvmError(f"rootfs: {error}; a forced rebuild needs the mirror")
-    found = latest_cached(workspace, base)
+    found = latest_cached(workspace, wanted, asked)
     if found is None:
         raise SysvmError(f"rootfs: {error} and there is no cached rootfs for these inputs")
-    rootfs, built = found
+    stage, rootfs, built = found
     age = (_now() - built).total_seconds() / 86400
     if age > limit:
         raise SysvmError(f"rootfs: {error} and the cached rootfs is {age:.1f} days old, "
                          f"more than debian.max_rootfs_age_days ({limit})")
     log.say(f"    rootfs: {error}; reusing the rootfs built {age:.1f} days ago "
-            f"(debian.max_rootfs_age_days: {limit}): {rootfs.tarball.parent}")
+            f"(debian.max_rootfs_age_days: {limit}): {stage.folder}")
+    stage.mark_used()
     return rootfs
 
 
-def plan(config: Config, workspace: Workspace, force: bool = False) -> tuple[Rootfs, str]:
-    """(the rootfs this build needs, its inputs key): asks the mirror; falls back on a recent cached rootfs."""
+def plan(config: Config, workspace: Workspace, force: bool = False) -> tuple[Rootfs, Stage | None]:
+    """(the rootfs this build needs, the stage that makes it): asks the mirror. When the mirror cannot be
+    reached, a recent cached rootfs stands in and there is no stage to run (None)."""
     wanted = suites(config)
     if config.release.without_security:
         release = config.debian.release
         log.say(f"    warning: building {release} WITHOUT {config.release.security_suite} "
                 f"(releases.{release}.without_security: true): the image gets no security updates")
-    base = inputs_key(config, wanted)
+    asked = rootfs_inputs(config, wanted)
     try:
         states = suite_states(config, wanted)
     except Unreachable as error:
-        return _without_mirror(config, workspace, base, error, force), base
-    key = rootfs_key(base, states)
-    folder = workspace.stage_dir("rootfs", key)
-    return Rootfs(key, folder / "rootfs.tar", folder / "packages.txt", {name: state.date for name, state in
-                  states.items()}, config.release.without_security), base
+        return _without_mirror(config, workspace, wanted, asked, error, force), None
+    stage = Stage.of(workspace, "rootfs", {**asked, **{_indexes_input(name): state.indexes
+                                                       for name, state in states.items()}})
+    return _rootfs(stage, {name: state.date for name, state in states.items()},
+                   config.release.without_security), stage
 
 
 def mmdebstrap_command(config: Config, cache: Path, target: Path, manifest: Path) -> list[str]:
@@ -349,15 +379,13 @@ def check_emulation(config: Config, binfmt: Path = BINFMT) -> None:
 
 
 def build_rootfs(config: Config, workspace: Workspace, force: bool = False) -> Rootfs:
-    result, base = plan(config, workspace, force)
-    folder = result.tarball.parent
-    if workspace.reusable("rootfs", result.tarball, result.packages, folder / RECORD, force=force):
+    result, stage = plan(config, workspace, force)
+    if stage is None or stage.reuse(result.tarball, result.packages, stage.folder / RECORD, force=force):
         return result
     check_emulation(config)
     cache = workspace.cache / "apt" / f"{config.debian.release}-{config.debian.architecture}"
     cache.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder) as temporary:
-        temporary.mkdir(parents=True)
+    with stage.building() as temporary:
         with log.waiting("mmdebstrap to install the packages"):
             run(mmdebstrap_command(config, cache, temporary / "rootfs.tar", temporary / "packages.txt"))
         installed = (temporary / "packages.txt").read_text().splitlines()
@@ -365,7 +393,7 @@ def build_rootfs(config: Config, workspace: Workspace, force: bool = False) -> R
             raise SysvmError("mmdebstrap left an empty package list")
         # The suites' state was read just before mmdebstrap ran; a mirror update in between shows up as a
         # new key on the next build.
-        record = {"inputs_key": base, "built": _now().isoformat(timespec="seconds"), "suites": result.suites,
+        record = {"built": _now().isoformat(timespec="seconds"), "suites": result.suites,
                   "without_security": result.without_security}
         (temporary / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     size = result.tarball.stat().st_size

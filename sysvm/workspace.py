@@ -42,15 +42,6 @@ class Workspace:
     def stage_dir(self, stage: str, key: str) -> Path:
         return self.build / f"{stage}-{key}"
 
-    def reusable(self, stage: str, *outputs: Path, force: bool = False) -> bool:
-        """True (and said) when every output of a stage exists from an earlier build with the same key."""
-        if force or not all(path.is_file() for path in outputs):
-            return False
-        from sysvm import log
-
-        log.say(f"    {stage}: up to date ({outputs[0].parent})")
-        return True
-
     def prune(self, stage: str, keep: int = 2) -> None:
         """Remove all but the `keep` most recently used folders of a stage (disk images are large)."""
         from sysvm.fsutil import remove_tree

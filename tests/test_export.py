@@ -20,6 +20,7 @@ from sysvm.overlay import FinalImage
 from sysvm.ovf import OVF_NS, VirtualMachine, descriptor
 from sysvm.render import render
 from sysvm.rootfs import Rootfs
+from sysvm.stage import as_recorded, changes, key_of
 from tests.disks import empty_qcow2
 
 MIB = 2**20
@@ -77,7 +78,8 @@ def test_export_makes_every_artifact_with_checksums_and_report(provisioned, work
     assert subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "vpc", str(disk.image),
                            str(unpacked / "xen.vhd")], capture_output=True).returncode == 0
     report = json.loads(result.report.read_text())
-    assert report["export_key"] == export.export_key(cfg, disk)
+    assert report["export_inputs"] == as_recorded(export.export_inputs(cfg, disk))
+    assert report["export_key"] == key_of("export", report["export_inputs"])
     assert report["virtual_size"] == 48 * MIB and report["durations_s"]["rootfs"] == 1.0
     assert set(report["artifacts"]) == set(names.values())
     assert report["tools"]["qemu-img"].startswith("qemu-img version")
@@ -204,15 +206,29 @@ def test_hardware_version_is_a_setting_for_older_esxi():
         assert envelope.find(".//vssd:VirtualSystemType", ns).text == expected
     image = FinalImage("k" * 16, Path("systemvm.raw"))
     older = config.load(None, ["export.vmware_hardware_version=11"])
-    assert export.export_key(older, image) != export.export_key(config.load(), image)  # the OVA is remade
+    assert changes(export.export_inputs(config.load(), image), export.export_inputs(older, image)) == [
+        "export.vmware_hardware_version changed: 13 → 11"]  # the OVA is remade
 
 
-def test_rerun_with_nothing_changed_does_no_work(provisioned, workspace, monkeypatch):
+def test_rerun_with_nothing_changed_does_no_work_and_a_change_is_named(provisioned, workspace, monkeypatch, capsys):
     disk, rootfs = provisioned
     cfg = config.load(None, ["export.hypervisors=[kvm]"])
-    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
+
+    def said(loaded: config.Config) -> str:
+        capsys.readouterr()
+        export.export(loaded, disk, render(loaded, workspace), rootfs, workspace, {})
+        return next(line.strip() for line in capsys.readouterr().err.splitlines() if line.startswith("    export: "))
+
+    assert said(cfg) == "export: building (no earlier build)"
+    real = export._make_artifact
     monkeypatch.setattr(export, "_make_artifact", lambda *a: pytest.fail("export ran again"))
-    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
+    assert said(cfg) == f"export: up to date ({workspace.artifacts})"
+    monkeypatch.setattr(export, "_make_artifact", real)
+    assert said(config.load(None, ["export.hypervisors=[kvm, ovm]"])) == (
+        "export: rebuilding (export.hypervisors changed: +ovm)")
+    (workspace.artifacts / export.artifact_name(cfg, "ovm")).unlink()
+    assert said(config.load(None, ["export.hypervisors=[kvm, ovm]"])) == (
+        f"export: rebuilding ({export.artifact_name(cfg, 'ovm')} missing)")
 
 
 def test_interrupted_export_leaves_nothing_that_looks_finished(provisioned, workspace, monkeypatch):
@@ -230,21 +246,6 @@ def test_interrupted_export_leaves_nothing_that_looks_finished(provisioned, work
     with pytest.raises(KeyboardInterrupt):
         export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {}, force=True)
     assert list(workspace.artifacts.iterdir()) == []
-
-
-def test_stage_keys_change_with_inputs():
-    from sysvm.render import render_key
-    from sysvm.rootfs import inputs_key, suites
-
-    def rootfs_key(cfg: config.Config) -> str:  # what the configuration asks of the rootfs stage
-        return inputs_key(cfg, suites(cfg))
-
-    base = config.load()
-    assert render_key(base) == render_key(config.load())
-    assert render_key(base) != render_key(config.load(None, ["consoleproxy.websocket_port=8081"]))
-    assert rootfs_key(base) == rootfs_key(config.load(None, ["consoleproxy.websocket_port=8081"]))
-    assert rootfs_key(base) != rootfs_key(config.load(None, ["debian.release=bullseye"]))
-    assert rootfs_key(base) != rootfs_key(config.load(None, ["packages.roles.consoleproxy=[tcpdump, mtr-tiny]"]))
 
 
 def test_missing_host_tool_names_the_debian_package(monkeypatch, tmp_path):

@@ -66,7 +66,7 @@ def test_overlay_is_written_into_the_filesystem(provisioned, overlay, workspace)
         assert f'"/etc/systemd/system/{unit}"' in debugfs(image, f"stat {WANTS}/{unit}")
     fsck = subprocess.run(["e2fsck", "-fn", f"{image}?offset={PARTITION_START}"], capture_output=True)
     assert fsck.returncode == 0, fsck.stdout
-    assert sorted(p.name for p in image.parent.iterdir()) == ["systemvm.raw"]
+    assert sorted(p.name for p in image.parent.iterdir()) == ["inputs.json", "systemvm.raw"]
 
 
 def test_second_run_is_up_to_date_and_a_change_makes_a_new_image(provisioned, overlay, workspace):

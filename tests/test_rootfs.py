@@ -22,6 +22,7 @@ import pytest
 from sysvm import config, rootfs
 from sysvm.errors import SysvmError
 from sysvm.run import run
+from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,15 +92,34 @@ def local_mirror(root: Path, packages: dict[str, str], date: str = "Sat, 11 Jul 
     return root.as_uri()
 
 
-def test_the_key_follows_the_package_lists_not_the_release_date(tmp_path, workspace):
+def built(stage: Stage, age_days: float = 0) -> None:
+    """The stage's folder as mmdebstrap would have left it `age_days` ago, without running it."""
+    record = {"built": (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=age_days)).isoformat(),
+              "suites": {"bookworm": "2026-07-11T10:16:37+00:00"}, "without_security": False}
+    with stage.building() as folder:
+        (folder / "rootfs.tar").write_bytes(b"tar")
+        (folder / "packages.txt").write_text("hello\t1\tamd64\n")
+        (folder / rootfs.RECORD).write_text(json.dumps(record))
+
+
+def reason(stage: Stage, capsys) -> str:
+    """What the stage says when the build asks whether it can be reused."""
+    capsys.readouterr()
+    assert not stage.reuse(stage.folder / "rootfs.tar", stage.folder / "packages.txt")
+    return capsys.readouterr().err.strip()
+
+
+def test_the_key_follows_the_package_lists_not_the_release_date(tmp_path, workspace, capsys):
     index = "Package: hello\nVersion: 1\nFilename: pool/main/h/hello/hello_1_amd64.deb\n\n"
     suites = {"bookworm": index, "bookworm-updates": index, "bookworm-security": index}
     url = local_mirror(tmp_path / "mirror", suites)
     settings = (f"debian.mirror={url}", f"debian.security_mirror={url}")
 
-    first, base = rootfs.plan(load(*settings), workspace)
+    first, stage = rootfs.plan(load(*settings), workspace)
     assert first.suites == {name: "2026-07-11T10:16:37+00:00" for name in suites}
     assert not first.without_security
+    assert reason(stage, capsys) == "rootfs: building (no earlier build)"
+    built(stage)
 
     local_mirror(tmp_path / "mirror", suites, date="Sun, 12 Jul 2026 08:00:00 UTC")  # re-signed, same packages
     resigned, _ = rootfs.plan(load(*settings), workspace)
@@ -107,10 +127,33 @@ def test_the_key_follows_the_package_lists_not_the_release_date(tmp_path, worksp
     assert resigned.suites["bookworm-security"] == "2026-07-12T08:00:00+00:00"
 
     local_mirror(tmp_path / "mirror", {"bookworm-security": index.replace("Version: 1", "Version: 1+deb12u1")})
-    updated, updated_base = rootfs.plan(load(*settings), workspace)
+    updated, updated_stage = rootfs.plan(load(*settings), workspace)
     assert updated.key != first.key  # a security update reached the mirror: the cached rootfs is stale
-    assert updated_base == base  # the configuration did not change, only the mirror
     assert updated.tarball.parent == workspace.stage_dir("rootfs", updated.key)
+    # The configuration did not change, only the mirror.
+    assert reason(updated_stage, capsys) == "rootfs: rebuilding (suite bookworm-security indexes changed)"
+
+
+def test_a_rebuild_names_the_package_setting_that_changed(tmp_path, workspace, capsys):
+    index = "Package: hello\nVersion: 1\nFilename: pool/main/h/hello/hello_1_amd64.deb\n\n"
+    url = local_mirror(tmp_path / "mirror", dict.fromkeys(("bookworm", "bookworm-updates", "bookworm-security"), index))
+    settings = (f"debian.mirror={url}", f"debian.security_mirror={url}")
+    common = [name for name in load().packages.common if name != "tcpdump"]
+    _, stage = rootfs.plan(load(*settings), workspace)
+    built(stage)
+
+    _, changed = rootfs.plan(load(*settings, f"packages.common=[{', '.join([*common, 'mtr-tiny'])}]"), workspace)
+    assert reason(changed, capsys) == "rootfs: rebuilding (packages.common changed: +mtr-tiny −tcpdump)"
+    # mmdebstrap gets one list: a package that common already asks for costs no rebuild when a role asks too.
+    again = rootfs.plan(load(*settings, "packages.roles.secstorage=[nfs-common, samba-common, cifs-utils, tcpdump]"),
+                        workspace)[1]
+    assert again.key == stage.key
+    _, fewer = rootfs.plan(load(*settings, "roles=[consoleproxy, secstorage]", "verify.roles=[consoleproxy]"),
+                           workspace)
+    assert reason(fewer, capsys) == "rootfs: rebuilding (packages.roles.router removed)"
+    _, java = rootfs.plan(load(*settings, "releases.bookworm.java_package=openjdk-21-jre-headless"), workspace)
+    assert reason(java, capsys) == ("rootfs: rebuilding (releases.bookworm.java_package changed: "
+                                    "+openjdk-21-jre-headless −openjdk-17-jre-headless)")
 
 
 # ------------------------------------------------------------------------------------- unreachable
@@ -118,17 +161,11 @@ def test_the_key_follows_the_package_lists_not_the_release_date(tmp_path, worksp
 
 def cached_rootfs(workspace: Workspace, configuration: config.Config, age_days: float) -> rootfs.Rootfs:
     """A rootfs stage folder as an earlier build left it, built `age_days` ago for this configuration."""
-    base = rootfs.inputs_key(configuration, rootfs.suites(configuration))
-    folder = workspace.stage_dir("rootfs", f"{age_days:016.0f}")
-    folder.mkdir(parents=True)
-    (folder / "rootfs.tar").write_bytes(b"tar")
-    (folder / "packages.txt").write_text("hello\t1\tamd64\n")
-    built = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=age_days)
-    record = {"inputs_key": base, "built": built.isoformat(), "suites": {"bookworm": "2026-07-11T10:16:37+00:00"},
-              "without_security": False}
-    (folder / rootfs.RECORD).write_text(json.dumps(record))
-    return rootfs.Rootfs(folder.name.removeprefix("rootfs-"), folder / "rootfs.tar", folder / "packages.txt",
-                         record["suites"])
+    asked = rootfs.rootfs_inputs(configuration, rootfs.suites(configuration))
+    stage = Stage.of(workspace, "rootfs", {**asked, "suite bookworm indexes": f"as served {age_days} days ago"})
+    built(stage, age_days)
+    return rootfs.Rootfs(stage.key, stage.folder / "rootfs.tar", stage.folder / "packages.txt",
+                         {"bookworm": "2026-07-11T10:16:37+00:00"})
 
 
 def test_an_unreachable_mirror_reuses_a_recent_rootfs_and_refuses_an_old_one(workspace, capsys):
@@ -187,13 +224,14 @@ def test_a_network_outage_reuses_the_recent_rootfs_of_the_same_configuration(wor
 
 def test_the_mirror_state_of_bookworm(workspace):
     configuration = load()
-    first, base = rootfs.plan(configuration, workspace)
+    first, stage = rootfs.plan(configuration, workspace)
     assert list(first.suites) == ["bookworm", "bookworm-updates", "bookworm-security"]
     for date in first.suites.values():
         assert datetime.datetime.fromisoformat(date) < datetime.datetime.now(datetime.UTC)
     states = rootfs.suite_states(configuration, rootfs.suites(configuration))
     assert all("main/binary-amd64/Packages" in state.indexes for state in states.values())
-    assert rootfs.rootfs_key(base, states) == first.key  # the mirror read twice in a row: the same key
+    again = {f"suite {name} indexes": state.indexes for name, state in states.items()}
+    assert stage.inputs == {**rootfs.rootfs_inputs(configuration, rootfs.suites(configuration)), **again}
 
 
 def test_a_bullseye_build_stops_with_one_line_naming_the_missing_suite(tmp_path):

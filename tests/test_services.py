@@ -22,6 +22,7 @@ from sysvm import config, disk, packer, verify
 from sysvm.errors import SysvmError
 from sysvm.render import Overlay, render
 from sysvm.rootfs import Rootfs
+from sysvm.stage import changes
 from sysvm.workspace import Workspace
 from tests.test_cloud_setup import LINES, FakeSystem
 
@@ -125,7 +126,7 @@ def test_disabling_a_role_service_changes_the_image_the_boot_setup_and_the_suite
     # The build: dnsmasq stays off at build as before (the role decides at boot), so the disk is not rebuilt.
     rootfs = Rootfs("rootfs-key", tmp_path / "rootfs.tar", tmp_path / "packages.txt")
     assert disk.units_disabled(changed) == disk.units_disabled(default)
-    assert disk.disk_key(changed, rootfs) == disk.disk_key(default, rootfs)
+    assert disk.disk_inputs(changed, rootfs) == disk.disk_inputs(default, rootfs)
 
     # The suites: verify hands them the changed list, and the suite's check follows it.
     expected = handed_to_suites(default, "router", workspace, monkeypatch)["services"]
@@ -148,7 +149,8 @@ def test_a_service_no_longer_managed_leaves_the_build_the_image_and_the_suites(t
     assert "radvd.service" in disk.units_disabled(default)
     assert disk.units_disabled(changed) == [unit for unit in disk.units_disabled(default) if unit != "radvd.service"]
     rootfs = Rootfs("rootfs-key", tmp_path / "rootfs.tar", tmp_path / "packages.txt")
-    assert disk.disk_key(changed, rootfs) != disk.disk_key(default, rootfs)
+    assert changes(disk.disk_inputs(default, rootfs), disk.disk_inputs(changed, rootfs)) == [
+        "units disabled changed: −radvd.service"]
     base = tmp_path / "base.qcow2"
     base.write_bytes(b"qcow2")
 
