@@ -36,8 +36,8 @@ from tests.fixtures.cloudstack_health import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKS = ROOT / "overlays/router/root/health_checks"
-RUNNER = ROOT / "overlays/router/root/monitorServices.py"
+CHECKS = ROOT / "sysvm/overlays/router/root/health_checks"
+RUNNER = ROOT / "sysvm/overlays/router/root/monitorServices.py"
 CLOUDSTACK = Path(os.environ.get("SYSVM_CLOUDSTACK_SOURCE") or ROOT.parent / "shared" / "cloudstack")
 BASIC = ["cpu_usage_check.py", "disk_space_check.py", "gateways_check.py", "memory_usage_check.py",
          "router_version_check.py"]
