@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,9 +14,6 @@ sys.path.insert(0, str(ROOT / "sysvm/overlays/common/opt/cloud/lib"))
 
 from sysvm import config as config_module  # noqa: E402
 from sysvm.workspace import Workspace  # noqa: E402
-
-# tests/image/ runs inside `invoke verify` against a booted VM, never in the plain test run.
-collect_ignore = [] if os.environ.get("SYSVM_IMAGE_TESTS") else ["image"]
 
 
 @pytest.fixture

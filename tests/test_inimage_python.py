@@ -247,7 +247,7 @@ def stage(folder: Path) -> None:
     project = folder / "sysvm"
     shutil.copytree(OVERLAYS, project / "sysvm/overlays", symlinks=True)
     (project / "tests").mkdir(parents=True)
-    for name in (*IN_IMAGE_TESTS, "tests/__init__.py", "tests/fixtures/cloudstack_health.py"):
+    for name in (*IN_IMAGE_TESTS, "tests/__init__.py", "sysvm/suites/__init__.py", "sysvm/suites/cloudstack_health.py"):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, project / name)
     shutil.copy2(ROOT / "tests/fixtures/chroot_conftest.py", project / "tests/conftest.py")
