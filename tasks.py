@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from invoke import Context, task
 
 from sysvm.cli import guarded, load_config
@@ -90,4 +92,4 @@ def test(c: Context, quick: bool = False) -> None:
     """Run ruff and the whole test suite, end-to-end image tests included."""
     from sysvm.selftest import run_tests
 
-    raise SystemExit(guarded(lambda: run_tests(quick)))
+    raise SystemExit(guarded(lambda: run_tests(Path(__file__).resolve().parent, quick)))

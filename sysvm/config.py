@@ -22,7 +22,6 @@ from sysvm.errors import SysvmError
 from sysvm.metadata import METADATA_KEYS, TEMPLATES, applying
 from sysvm.resources import resource
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = resource("sysvm.yaml")
 
 KNOWN_ROLES = ("consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr")
