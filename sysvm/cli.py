@@ -1,7 +1,12 @@
-"""What every entry point shares: configuration loading and turning SysvmError into one line and an exit code."""
+"""The commands, once for every entry point: `sysvm <command>` and `python -m sysvm <command>` parse their
+arguments here with argparse, tasks.py parses them with Invoke, and both call the command functions below.
+Each loads the configuration, calls one function of the package and turns a SysvmError into one line and
+an exit code.
+"""
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -12,6 +17,7 @@ from sysvm import config as config_module
 from sysvm.config import Config
 from sysvm.errors import SysvmError
 from sysvm.run import end_children
+from sysvm.workspace import Workspace
 
 T = TypeVar("T")
 
@@ -43,3 +49,122 @@ def guarded(action: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         print("sysvm: interrupted; no unfinished file was left under a final name", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+# The options' help, for argparse below and for tasks.py.
+HELP = {
+    "config": "YAML file merged over the defaults (sysvm.yaml inside the sysvm package)",
+    "set": "override one setting, key=value (repeatable), e.g. --set debian.release=bullseye",
+    "force": "rebuild even when the stage is up to date",
+    "artifact": "artifact to boot (default: the KVM artifact of this configuration)",
+    "role": "role to verify (repeatable; default: verify.roles)",
+    "hypervisor": "kvm, xen, vmware or hyperv: boot that artifact (only KVM gets role tests)",
+    "cloudstack": "a CloudStack source tree: start each role as a 4.17+ host does, with its scripts",
+    "release": "a Debian release to build and verify (repeatable), e.g. --release bookworm --release trixie",
+    "matrix_cloudstack": "a CloudStack source tree: also start each role as a 4.17+ host does, with its scripts",
+    "all": "also remove the download cache (output/cache)",
+    "seed": "cloud-install-sys-tmplt options, e.g. -m /mnt/secondary -f FILE -h kvm",
+}
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+def render(config_file: str, overrides: Sequence[str], force: bool = False) -> None:
+    """Render templates and overlay layers into output/build/render-<key>/overlay."""
+    from sysvm.build import render_only
+
+    guarded(lambda: print(render_only(load_config(config_file, overrides), Workspace(), force)))
+
+
+def build(config_file: str, overrides: Sequence[str], force: bool = False) -> None:
+    """Build the template: rootfs, disk, Packer provisioning and one artifact per hypervisor."""
+    from sysvm.build import build as run_build
+
+    guarded(lambda: run_build(load_config(config_file, overrides), Workspace(), force))
+
+
+def verify(config_file: str, overrides: Sequence[str], artifact: str = "", roles: Sequence[str] = (),
+           hypervisor: str = "", cloudstack: str = "") -> None:
+    """Boot artifacts in QEMU and test each role with testinfra; writes JUnit XML under output/verify."""
+    from sysvm.verify import verify as run_verify
+
+    guarded(lambda: run_verify(load_config(config_file, overrides), Workspace(), artifact, list(roles), hypervisor,
+                               cloudstack))
+
+
+def seed(arguments: Sequence[str]) -> int:
+    """Install an artifact into secondary storage as cloud-install-sys-tmplt does (see sysvm-seed --help)."""
+    from sysvm.seed import main as run_seed
+
+    return run_seed(list(arguments))
+
+
+def bench(config_file: str, overrides: Sequence[str]) -> None:
+    """Cold build, no-change rebuild, overlay-only rebuild and verify; results in output/bench.json."""
+    from sysvm.bench import bench as run_bench
+
+    guarded(lambda: run_bench(load_config(config_file, overrides), Workspace()))
+
+
+def matrix(config_file: str, overrides: Sequence[str], releases: Sequence[str], cloudstack: str = "") -> None:
+    """Build and verify the template for each release, each in its own output folders; output/matrix.json."""
+    from sysvm.matrix import matrix as run_matrix
+
+    guarded(lambda: run_matrix(config_file, list(overrides), list(releases), cloudstack))
+
+
+def clean(everything: bool = False) -> None:
+    """Remove generated files under output/ (the apt cache stays unless --all)."""
+    from sysvm.workspace import clean as run_clean
+
+    guarded(lambda: run_clean(Workspace(), everything))
+
+
+# ----------------------------------------------------------------------------------------------- argparse
+
+
+def parser() -> argparse.ArgumentParser:
+    """`sysvm COMMAND ...`; each command's parser names, in `run`, the call it makes."""
+    options = argparse.ArgumentParser(prog="sysvm", description="Build, verify and seed Apache CloudStack system "
+                                      "VM templates. output/ is made in the current directory.")
+    commands = options.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    configured = argparse.ArgumentParser(add_help=False)
+    configured.add_argument("-c", "--config", default="", metavar="FILE", help=HELP["config"])
+    configured.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=HELP["set"])
+    staged = argparse.ArgumentParser(add_help=False, parents=[configured])
+    staged.add_argument("--force", action="store_true", help=HELP["force"])
+
+    def command(name: str, function: Callable[..., object], *parents: argparse.ArgumentParser,
+                **settings: object) -> argparse.ArgumentParser:
+        summary = (function.__doc__ or "").strip()
+        return commands.add_parser(name, parents=list(parents), help=summary, description=summary, **settings)
+
+    command("render", render, staged).set_defaults(run=lambda a: render(a.config, a.set, a.force))
+    command("build", build, staged).set_defaults(run=lambda a: build(a.config, a.set, a.force))
+    checked = command("verify", verify, configured)
+    checked.add_argument("--artifact", default="", help=HELP["artifact"])
+    checked.add_argument("--role", action="append", default=[], help=HELP["role"])
+    checked.add_argument("--hypervisor", default="", help=HELP["hypervisor"])
+    checked.add_argument("--cloudstack", default="", metavar="PATH", help=HELP["cloudstack"])
+    checked.set_defaults(run=lambda a: verify(a.config, a.set, a.artifact, a.role, a.hypervisor, a.cloudstack))
+    # seed's options are upstream's one-letter ones (-h is the hypervisor) and sysvm.seed parses them: with
+    # "+" as this parser's only prefix, every argument after "seed" is handed over unread.
+    seeding = command("seed", seed, add_help=False, prefix_chars="+")
+    seeding.add_argument("arguments", nargs="*", metavar="OPTION", help=HELP["seed"])
+    seeding.set_defaults(run=lambda a: seed(a.arguments))
+    command("bench", bench, configured).set_defaults(run=lambda a: bench(a.config, a.set))
+    releases = command("matrix", matrix, configured)
+    releases.add_argument("--release", action="append", default=[], help=HELP["release"])
+    releases.add_argument("--cloudstack", default="", metavar="PATH", help=HELP["matrix_cloudstack"])
+    releases.set_defaults(run=lambda a: matrix(a.config, a.set, a.release, a.cloudstack))
+    cleaning = command("clean", clean)
+    cleaning.add_argument("--all", action="store_true", help=HELP["all"])
+    cleaning.set_defaults(run=lambda a: clean(a.all))
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `sysvm` console script and `python -m sysvm`; the exit code of the command."""
+    args = parser().parse_args(argv)
+    return args.run(args) or 0

@@ -20,9 +20,9 @@ import yaml
 from sysvm.cloudstack import locate
 from sysvm.errors import SysvmError
 from sysvm.metadata import METADATA_KEYS, TEMPLATES, applying
+from sysvm.resources import resource
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS_FILE = ROOT / "sysvm.yaml"
+DEFAULTS_FILE = resource("sysvm.yaml")
 
 KNOWN_ROLES = ("consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr")
 # CloudStack starts its internal and external load balancer VMs from the same template: the boot-time
@@ -468,7 +468,7 @@ def _validate(config: Config, origins: Origins) -> None:
             except SysvmError as error:
                 raise _fail(path, origins, fallback, str(error)) from error
     for index, layer in enumerate(config.overlay_layers):
-        check((ROOT / layer).is_dir() or Path(layer).is_dir(), ("overlay_layers", str(index)),
+        check(Path(layer).is_dir(), ("overlay_layers", str(index)),
               f"overlay folder {layer!r} does not exist")
 
 

@@ -17,15 +17,16 @@ from pathlib import Path
 
 from sysvm import log
 from sysvm.cache import hash_tree
-from sysvm.config import ROOT, Config
+from sysvm.config import Config
 from sysvm.disk import FW_CFG_KEY, BaseDisk
 from sysvm.fsutil import remove_tree, scratch_dir, sha256_file
 from sysvm.qemu import accelerator
+from sysvm.resources import resource
 from sysvm.run import run
 from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 
-SCRIPTS = ROOT / "packer" / "scripts"
+SCRIPTS = resource("packer_scripts")
 IMAGE_NAME = "systemvm.qcow2"
 PACKER_QEMU = "qemu-system-x86_64"  # what Packer's QEMU builder runs unless told otherwise
 

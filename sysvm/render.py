@@ -17,13 +17,14 @@ import jinja2
 from sysvm import log
 from sysvm.cache import hash_tree
 from sysvm.cloudstack import CloudStackTree, locate, pack_scripts
-from sysvm.config import ROOT, Config
+from sysvm.config import Config
 from sysvm.errors import SysvmError
+from sysvm.resources import resource
 from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 
-TEMPLATES = ROOT / "templates"
-OVERLAYS = ROOT / "overlays"
+TEMPLATES = resource("templates")
+OVERLAYS = resource("overlays")
 TEMPLATE_SUFFIX = ".j2"
 PARTIAL_SUFFIX = ".inc.j2"
 SSH_PORT = 3922
@@ -89,7 +90,7 @@ def context(config: Config) -> dict[str, object]:
 
 
 def _extra_layers(config: Config) -> list[Path]:
-    return [(ROOT / layer) if (ROOT / layer).is_dir() else Path(layer) for layer in config.overlay_layers]
+    return [Path(layer) for layer in config.overlay_layers]  # relative to the current directory, as config checks
 
 
 def _baked_scripts(config: Config) -> CloudStackTree | None:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from sysvm.cloudcrypt import decrypt, enclosed
 from sysvm.errors import SysvmError
 from sysvm.fsutil import remove_tree
 from sysvm.imageinfo import header_virtual_size
@@ -57,6 +58,7 @@ STAGING = re.compile(r"\.(\d+)\.seeding-(\d+)(\.journal\.partial)?")
 JOURNAL = re.compile(r"\.(\d+)\.seeding-(\d+)\.journal")
 REPLACED = re.compile(r"\.(\d+)\.replaced-(\d+)")
 PAUSE_ENV = "SYSVM_SEED_PAUSE_AT"
+SECRET_KEY_ENV = "CLOUD_SECRET_KEY"  # where the management server reads its key for encryption type env
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,9 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument("-d", dest="db_password", metavar="PASSWORD", help="database password")
     options.add_argument("-p", dest="db_port", metavar="PORT", type=int, help="database port")
     options.add_argument("-s", dest="secret_key", metavar="KEY",
-                         help="accepted for compatibility, not used: cloud-install-sys-tmplt decrypts an ENC(...) "
-                              "db.cloud.password in db.properties with this management server key; sysvm-seed "
-                              "does not decrypt and stops with an error asking for the plain password with -d")
+                         help="the management server's secret key, to decrypt an ENC(...) db.cloud.password in "
+                              "db.properties (default: the first line of the file key beside db.properties for "
+                              "encryption type file, $CLOUD_SECRET_KEY for env; web needs -s)")
     options.add_argument("--checksum", metavar="HEX", help="MD5 or SHA-512 of the file, verified before installing")
     options.add_argument("--db-properties", type=Path, default=DB_PROPERTIES, help=f"default: {DB_PROPERTIES}")
     options.add_argument("--help", action="store_true", help="show this text and exit 0")
@@ -110,18 +112,16 @@ def database_settings(args: argparse.Namespace) -> Database | None:
     """Connection settings from the options, else db.properties, else upstream's defaults; None if nothing says
     there is a database and a template id was given."""
     properties = read_properties(args.db_properties) if args.db_properties.is_file() else {}
-    encryption = properties.get("db.cloud.encryption.type", "none")
     stored = properties.get("db.cloud.password", "")
-    if args.db_password is None and (encryption in ("file", "web") or stored.startswith("ENC(")):
-        # Decrypting needs DES (Jasypt's PBEWithMD5AndDES, encryptor V1) or AES-256-GCM (Tink, V2, the
-        # default since CloudStack 4.18), neither in Python's standard library; upstream's script shells
-        # out to Java and only knows V1. So: one clear error instead of a wrong password.
-        raise SysvmError(f"{args.db_properties}: db.cloud.password is encrypted (db.cloud.encryption.type="
-                         f"{encryption}); sysvm-seed does not decrypt it, with or without -s: pass the plain "
-                         "password with -d")
-    if args.secret_key is not None:
-        _note("-s is accepted for compatibility and not used (sysvm-seed never decrypts db.properties; "
-              "the password comes from -d or a plain db.cloud.password)")
+    encrypted = enclosed(stored)
+    if args.db_password is None and encrypted is not None:
+        # -d wins over db.properties; upstream decrypts even then and drops -d.
+        stored = _decrypted(args, properties, encrypted)
+    elif args.secret_key is not None:
+        reason = ("-d gives the password" if args.db_password is not None else
+                  f"db.cloud.password in {args.db_properties} is not encrypted" if properties else
+                  f"there is no {args.db_properties}")
+        _note(f"-s not used: {reason}")
     given = any(v is not None for v in (args.db_host, args.db_user, args.db_password, args.db_port))
     if args.template_id is not None and not given and not properties:
         return None
@@ -129,6 +129,38 @@ def database_settings(args: argparse.Namespace) -> Database | None:
     port = args.db_port or int(properties.get("db.cloud.port", "3306") or 3306)
     return Database(args.db_host or properties.get("db.cloud.host", "localhost"), port,
                     args.db_user or properties.get("db.cloud.username", "root"), password)
+
+
+def _decrypted(args: argparse.Namespace, properties: dict[str, str], encrypted: str) -> str:
+    """db.cloud.password decrypted with the management server's key, as the management server does."""
+    key, source = _secret_key(args, properties.get("db.cloud.encryption.type", "none"))
+    try:
+        return decrypt(encrypted, key, properties.get("db.cloud.encryptor.version", ""))
+    except SysvmError as error:
+        raise SysvmError(f"{args.db_properties}: db.cloud.password: {error} (key from {source}); give the "
+                         "management server's secret key with -s, or the plain password with -d") from None
+
+
+def _secret_key(args: argparse.Namespace, encryption: str) -> tuple[str, str]:
+    """The management server's secret key and where it came from: -s, else where the server itself reads it."""
+    if args.secret_key is not None:
+        return args.secret_key, "-s"
+    if encryption == "file":
+        key_file = args.db_properties.parent / "key"
+        try:
+            key = next(iter(key_file.read_text().splitlines()), "")
+            problem = "its first line is empty"
+        except OSError as error:
+            key, problem = "", error.strerror
+        if not key:
+            raise SysvmError(f"{key_file}: no management server secret key ({problem}) to decrypt "
+                             f"db.cloud.password in {args.db_properties}: give the key with -s, or the plain "
+                             "password with -d")
+        return key, str(key_file)
+    if encryption == "env" and os.environ.get(SECRET_KEY_ENV):
+        return os.environ[SECRET_KEY_ENV], f"${SECRET_KEY_ENV}"
+    raise SysvmError(f"{args.db_properties}: db.cloud.password is encrypted (db.cloud.encryption.type={encryption}): "
+                     "give the management server's secret key with -s, or the plain password with -d")
 
 
 def _note(message: str) -> None:

@@ -1,17 +1,18 @@
-"""The project's test command: ruff, then pytest (with JUnit XML under output/)."""
+"""The project's test command: ruff, then pytest (with JUnit XML under output/), in a checkout."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from sysvm.config import ROOT
 from sysvm.run import run
 
 
-def run_tests(quick: bool = False) -> int:
-    run([sys.executable, "-m", "ruff", "check", str(ROOT)], cwd=ROOT)
+def run_tests(checkout: Path, quick: bool = False) -> int:
+    """Lint and test the sysvm checkout at `checkout` (its tests/ are not part of an installed sysvm)."""
+    run([sys.executable, "-m", "ruff", "check", str(checkout)], cwd=checkout)
     print("ruff: clean", flush=True)
-    command = [sys.executable, "-m", "pytest", "--junitxml", str(ROOT / "output/test-results.xml")]
+    command = [sys.executable, "-m", "pytest", "--junitxml", str(checkout / "output/test-results.xml")]
     if quick:
         command += ["-m", "not image"]
-    return run(command, cwd=ROOT, check=False).returncode
+    return run(command, cwd=checkout, check=False).returncode

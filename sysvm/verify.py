@@ -24,16 +24,17 @@ from pathlib import Path
 
 from sysvm import log, tools
 from sysvm.cloudstack import locate
-from sysvm.config import ROOT, Config
+from sysvm.config import Config
 from sysvm.errors import SysvmError
 from sysvm.export import artifact_name
 from sysvm.fsutil import atomic_path, atomic_write
 from sysvm.kvmhost import ROUTER_ROLES, HostFiles, Remote, host_files, send_router_config, start_sequence
 from sysvm.qemu import Nic, VirtualMachine, accelerator, nic_mac
+from sysvm.resources import resource
 from sysvm.run import run
 from sysvm.workspace import Workspace
 
-IMAGE_TESTS = ROOT / "tests" / "image"
+SUITES = resource("suites")
 CONTROL_NETWORK = "169.254.0.0/16"
 LOGIN_PROMPT = b"login:"
 PARALLEL_VMS = 2
@@ -242,6 +243,13 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
     return outcome
 
 
+def suite_command() -> list[str]:
+    """pytest over the packaged suites. Their own pytest.ini (-c) makes them the rootdir and stops the
+    search for settings and conftest files there, so a checkout's pyproject.toml plays no part."""
+    return [sys.executable, "-m", "pytest", str(SUITES), "-c", str(SUITES / "pytest.ini"), f"--rootdir={SUITES}",
+            "-p", "no:cacheprovider", "-q"]
+
+
 def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str, accel: str,
                 workspace: Workspace, host: HostFiles | None = None) -> Outcome:
     """The role's testinfra suite over SSH, with what the VM was told at boot as expectations. Given the
@@ -274,11 +282,9 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str,
         expect_file.write_text(json.dumps(expectations, indent=2))
         junit, report = folder / f"junit-{vm.name}.xml", folder / f"{vm.name}-tests.log"
         started = time.monotonic()
-        result = run([sys.executable, "-m", "pytest", str(IMAGE_TESTS), "-p", "no:cacheprovider", "-q",
-                      f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_file}",
+        result = run([*suite_command(), f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_file}",
                       f"--junitxml={junit}", "-o", f"junit_suite_name={vm.name}"],
-                     check=False, cwd=ROOT, stdout_path=report,
-                     env={"SYSVM_IMAGE_TESTS": "1", "SYSVM_EXPECT": str(expect_file)})
+                     check=False, cwd=folder, stdout_path=report, env={"SYSVM_EXPECT": str(expect_file)})
         outcome.timings["tests_s"] = round(time.monotonic() - started, 1)
         outcome.tests = _count(junit)
         outcome.passed = result.returncode == 0

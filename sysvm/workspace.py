@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from sysvm.config import ROOT
 
 
 @dataclass(frozen=True)
@@ -13,7 +11,9 @@ class Workspace:
     """output/ and its folders. A variant keeps its own artifacts, verify results and logs while it shares
     the cache and the stage folders (whose names are content keys) with every other build."""
 
-    root: Path = ROOT / "output"
+    # output/ of the directory sysvm is run from (the checkout, for ./run invoke), made absolute so that
+    # children started elsewhere (pytest in verify/) get the same paths.
+    root: Path = field(default_factory=lambda: Path.cwd() / "output")
     variant: str = ""
 
     def _own(self, name: str) -> Path:

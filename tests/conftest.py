@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,13 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 # The in-image setup code is imported from the overlay, as the image's python3 imports it.
-sys.path.insert(0, str(ROOT / "overlays/common/opt/cloud/lib"))
+sys.path.insert(0, str(ROOT / "sysvm/overlays/common/opt/cloud/lib"))
 
 from sysvm import config as config_module  # noqa: E402
 from sysvm.workspace import Workspace  # noqa: E402
-
-# tests/image/ runs inside `invoke verify` against a booted VM, never in the plain test run.
-collect_ignore = [] if os.environ.get("SYSVM_IMAGE_TESTS") else ["image"]
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """Router health checks and their runner, fed the management server's data and read back as CloudStack reads it.
 
 The checks and the runner run as processes, with files and commands replaced through HC_* variables.
-The data comes from tests/fixtures/cloudstack_health.py (the management server's strings, CsMonitor's
-document); CloudStack's own parser, fetch script and file editor, imported or run from the CloudStack
+The data comes from sysvm/suites/cloudstack_health.py (the management server's strings, CsMonitor's
+document; the router suite of verify builds its data with it too); CloudStack's own parser, fetch script and file editor, imported or run from the CloudStack
 tree beside this repository (../shared/cloudstack, or $SYSVM_CLOUDSTACK_SOURCE), prove it is their shape.
 This module runs on the host and inside the Debian release chroots (tests/test_inimage_python.py), so it
-keeps to what Python 3.9 and the oldest pytest there offer, and imports nothing from the builder.
+keeps to what Python 3.9 and the oldest pytest there offer, and imports nothing from the builder but that
+data module.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.cloudstack_health import (
+from sysvm.suites.cloudstack_health import (
     VM,
     LoadBalancer,
     Network,
@@ -36,8 +37,8 @@ from tests.fixtures.cloudstack_health import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKS = ROOT / "overlays/router/root/health_checks"
-RUNNER = ROOT / "overlays/router/root/monitorServices.py"
+CHECKS = ROOT / "sysvm/overlays/router/root/health_checks"
+RUNNER = ROOT / "sysvm/overlays/router/root/monitorServices.py"
 CLOUDSTACK = Path(os.environ.get("SYSVM_CLOUDSTACK_SOURCE") or ROOT.parent / "shared" / "cloudstack")
 BASIC = ["cpu_usage_check.py", "disk_space_check.py", "gateways_check.py", "memory_usage_check.py",
          "router_version_check.py"]

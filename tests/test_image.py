@@ -87,7 +87,8 @@ def test_verify_boots_every_format_and_every_role_passes(default_build):
 
 
 def test_a_broken_image_fails_verify_with_the_console_log(default_build):
-    broken = config.load(None, ["overlay_layers=[tests/fixtures/broken-sshd]", "export.hypervisors=[kvm]"])
+    layer = Path(__file__).resolve().parent / "fixtures/broken-sshd"  # overlay_layers are relative to the cwd
+    broken = config.load(None, [f"overlay_layers=[{layer}]", "export.hypervisors=[kvm]"])
     workspace = Workspace(variant="broken")
     build(broken, workspace)
     with pytest.raises(SysvmError) as caught:

@@ -24,7 +24,7 @@ import pytest
 from sysvm import chroots
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERLAYS = ROOT / "overlays"
+OVERLAYS = ROOT / "sysvm/overlays"
 OLDEST = (3, 7)
 
 GENERIC_BUILTINS = {"list", "dict", "tuple", "set", "frozenset", "type"}
@@ -245,9 +245,9 @@ def host_values(folder: Path) -> dict[str, object]:
 def stage(folder: Path) -> None:
     """The repository parts the in-image tests read, laid out as beside the repository, in `folder`."""
     project = folder / "sysvm"
-    shutil.copytree(OVERLAYS, project / "overlays", symlinks=True)
+    shutil.copytree(OVERLAYS, project / "sysvm/overlays", symlinks=True)
     (project / "tests").mkdir(parents=True)
-    for name in (*IN_IMAGE_TESTS, "tests/__init__.py", "tests/fixtures/cloudstack_health.py"):
+    for name in (*IN_IMAGE_TESTS, "tests/__init__.py", "sysvm/suites/__init__.py", "sysvm/suites/cloudstack_health.py"):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, project / name)
     shutil.copy2(ROOT / "tests/fixtures/chroot_conftest.py", project / "tests/conftest.py")

@@ -15,9 +15,11 @@ from sysvm.errors import SysvmError
 from sysvm.ovf import write_ova
 from tests.disks import convert, empty_qcow2, tmpfs
 from tests.mariadb import server_binary
+from tests.test_cloudcrypt import encrypt_v1, encrypt_v2
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="mariadb-server is installed by ./run")
 MIB = 2**20
+MANAGEMENT_KEY = "management-key"
 KEYS = ["filename", "description", "hvm", "size", "{ext}", "id", "public", "{ext}.filename", "uniquename",
         "{ext}.virtualsize", "virtualsize", "{ext}.size"]
 
@@ -132,7 +134,8 @@ def test_existing_template_needs_force_and_force_replaces(seeded, database, db, 
 
 
 @pytest.mark.parametrize("case", ["bad-checksum", "corrupt-bz2", "missing-file", "no-database", "no-id",
-                                  "usage", "unknown-hypervisor", "encrypted-password", "encrypted-password-web-s"])
+                                  "usage", "unknown-hypervisor", "encrypted-without-key-file",
+                                  "encrypted-web-without-s", "encrypted-wrong-s"])
 def test_failures_leave_destination_and_database_unchanged(case, seeded, database, db, images, tmp_path, capsys):
     before, table = snapshot(seeded), rows(db)
     base = ["-m", str(seeded), "-h", "kvm", "-F", *db_args(database)]
@@ -158,25 +161,35 @@ def test_failures_leave_destination_and_database_unchanged(case, seeded, databas
     elif case == "unknown-hypervisor":
         argv, message = [*base[:2], "-h", "bhyve", "-f", str(images["kvm"])], "-h bhyve: unknown hypervisor"
     else:
-        kind = "web" if case.endswith("-web-s") else "file"
-        props = encrypted_db_properties(tmp_path, database, kind)
+        props = encrypted_db_properties(tmp_path, database, "web" if "web" in case else "file", key_file=False)
         argv = ["-m", str(seeded), "-h", "kvm", "-F", "-f", str(images["kvm"]), "--db-properties", str(props)]
-        if kind == "web":  # upstream needs -s for "web"; sysvm-seed still does not decrypt
-            argv += ["-s", "management-key"]
-        message = (f"{props}: db.cloud.password is encrypted (db.cloud.encryption.type={kind}); sysvm-seed does "
-                   "not decrypt it, with or without -s: pass the plain password with -d")
+        if case == "encrypted-without-key-file":
+            message = (f"{tmp_path / 'key'}: no management server secret key (No such file or directory) to "
+                       f"decrypt db.cloud.password in {props}: give the key with -s, or the plain password with -d")
+        elif case == "encrypted-web-without-s":
+            message = (f"{props}: db.cloud.password is encrypted (db.cloud.encryption.type=web): give the "
+                       "management server's secret key with -s, or the plain password with -d")
+        else:
+            argv += ["-s", "not-the-key"]
+            message = (f"{props}: db.cloud.password: the secret key does not decrypt it (tried encryptor V2): "
+                       "wrong key? (key from -s)")
     _fails(argv, 2, message, capsys)
     assert snapshot(seeded) == before
     assert rows(db) == table
 
 
-def encrypted_db_properties(folder: Path, database, kind: str) -> Path:
-    """db.properties shaped as cloudstack-setup-databases writes it with encryption on; the ENC(...) value is
-    never decrypted, so any base64 text serves."""
+def encrypted_db_properties(folder: Path, database, kind: str, version: str = "V2", key_file: bool = True) -> Path:
+    """db.properties as cloudstack-setup-databases writes it with encryption on: the database's password
+    encrypted with the management server's key MANAGEMENT_KEY, which is in the file key beside it."""
+    encrypt = {"V1": encrypt_v1, "V2": encrypt_v2, "": encrypt_v1}[version]
     props = folder / "db.properties"
-    props.write_text(f"db.cloud.host=127.0.0.1\ndb.cloud.port={database['port']}\ndb.cloud.username=cloud\n"
-                     f"db.cloud.encryption.type={kind}\ndb.cloud.encryptor.version=V2\n"
-                     "db.cloud.password=ENC(t6N3dc0ZEKTXgJXYpNqWK1FOEqANgs9AZEzVLf2bv+hZ9Dv6ORX1Dj+2Pg==)\n")
+    lines = ["db.cloud.host=127.0.0.1", f"db.cloud.port={database['port']}", "db.cloud.username=cloud",
+             f"db.cloud.encryption.type={kind}", f"db.cloud.password=ENC({encrypt(database['password'], MANAGEMENT_KEY)})"]
+    if version:
+        lines.append(f"db.cloud.encryptor.version={version}")
+    props.write_text("\n".join(lines) + "\n")
+    if key_file:
+        (folder / "key").write_text(MANAGEMENT_KEY + "\n")
     return props
 
 
@@ -184,14 +197,37 @@ def test_help_exits_0(capsys):
     assert seed.main(["--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "-m MOUNT" in out
-    assert "-s KEY accepted for compatibility, not used" in out and "plain password with -d" in out
+    assert "-s KEY the management server's secret key, to decrypt an ENC(...) db.cloud.password" in out
+
+
+# (db.cloud.encryption.type, db.cloud.encryptor.version, extra options, environment)
+ENCRYPTED = {"file, V2, key file": ("file", "V2", [], {}),
+             "file, V1, key file": ("file", "V1", [], {}),
+             "web, no version, -s": ("web", "", ["-s", MANAGEMENT_KEY], {}),
+             "env, V2, $CLOUD_SECRET_KEY": ("env", "V2", [], {"CLOUD_SECRET_KEY": MANAGEMENT_KEY})}
+
+
+@pytest.mark.parametrize("case", ENCRYPTED)
+def test_an_encrypted_password_is_decrypted_as_the_management_server_does(case, tmp_path, database, db, images,
+                                                                           capsys, monkeypatch):
+    """Host, port, user and the encrypted password all come from db.properties; the key as upstream finds it."""
+    kind, version, options, environment = ENCRYPTED[case]
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    mount = tmp_path / "secondary"
+    mount.mkdir()
+    props = encrypted_db_properties(tmp_path, database, kind, version, key_file=kind == "file")
+    assert seed.main(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", *options,
+                      "--db-properties", str(props)]) == 0, capsys.readouterr().err
+    assert rows(db)[3][0] == dict(properties(mount / "template/tmpl/1/3"))["filename"].removesuffix(".qcow2")
+    assert "-s not used" not in capsys.readouterr().err
 
 
 def test_plain_password_with_d_works_beside_encrypted_db_properties(tmp_path, database, db, images, capsys):
-    """-d is the way through with an encrypted db.properties: host, port and user still come from the file."""
+    """-d is the way through without the key: host, port and user still come from the file."""
     mount = tmp_path / "secondary"
     mount.mkdir()
-    props = encrypted_db_properties(tmp_path, database, "file")
+    props = encrypted_db_properties(tmp_path, database, "web")
     assert seed.main(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-d", database["password"],
                       "--db-properties", str(props)]) == 0
     assert rows(db)[3][0] == dict(properties(mount / "template/tmpl/1/3"))["filename"].removesuffix(".qcow2")
@@ -199,13 +235,14 @@ def test_plain_password_with_d_works_beside_encrypted_db_properties(tmp_path, da
 
 
 @pytest.mark.parametrize("with_database", [True, False], ids=["database", "no-database"])
-def test_secret_key_is_not_silently_ignored(with_database, tmp_path, database, db, images, capsys):
+def test_an_unused_secret_key_is_not_silently_ignored(with_database, tmp_path, database, db, images, capsys):
     mount = tmp_path / "secondary"
     mount.mkdir()
     settings = db_args(database) if with_database else ["-t", "3", "--db-properties", "/nonexistent"]
     assert seed.main(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-s", "password", *settings]) == 0
     err = capsys.readouterr().err
-    assert "sysvm-seed: -s is accepted for compatibility and not used" in err, err
+    reason = "-d gives the password" if with_database else "there is no /nonexistent"
+    assert f"sysvm-seed: -s not used: {reason}" in err, err
     assert (mount / "template/tmpl/1/3/template.properties").is_file()
 
 

@@ -26,8 +26,7 @@ from sysvm.stage import changes
 from sysvm.workspace import Workspace
 from tests.test_cloud_setup import LINES, FakeSystem
 
-ROOT = Path(__file__).resolve().parent.parent
-SUITE = ROOT / "tests/image/test_system_vm.py"
+SUITE = verify.SUITES / "test_system_vm.py"
 ROUTER_WITHOUT_DNSMASQ = "services.roles.router=[apache2, haproxy]"
 MANAGED_WITHOUT_RADVD = "services.managed=[cloud, apache2, dnsmasq, haproxy, keepalived, conntrackd, nfs-common]"
 SETUP_UNIT = "etc/systemd/system/sysvm-setup.service"

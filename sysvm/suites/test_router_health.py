@@ -1,7 +1,7 @@
 """On a router: the health check runner, given the management server's data, passes on a consistent router,
 a fault brings down exactly the matching check, and the results are in the files and words CloudStack reads.
 
-The data is built as the management server and the router's CsMonitor write it (tests/fixtures/cloudstack_health.py).
+The data is built as the management server and the router's CsMonitor write it (cloudstack_health.py beside this suite).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.fixtures.cloudstack_health import (
+from sysvm.suites.cloudstack_health import (
     VM,
     LoadBalancer,
     Network,

@@ -1,0 +1,78 @@
+"""`sysvm <command>` (argparse) and `invoke <task>` reach the same command function with the same arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from invoke import Context
+
+import tasks
+from sysvm import cli
+
+# (sysvm's argv, the task and its keyword arguments, the call both must make)
+SAME_CALLS = [
+    (["render"], "render", {}, ("render", "", [], False)),
+    (["render", "-c", "site.yaml", "--set", "a=1", "--set", "b=2", "--force"], "render",
+     {"config": "site.yaml", "set_": ["a=1", "b=2"], "force": True}, ("render", "site.yaml", ["a=1", "b=2"], True)),
+    (["build", "--config", "site.yaml", "--force"], "build", {"config": "site.yaml", "force": True},
+     ("build", "site.yaml", [], True)),
+    (["verify", "--role", "router", "--role", "secstorage", "--hypervisor", "kvm", "--artifact", "a.qcow2",
+      "--cloudstack", "/src/cloudstack", "--set", "verify.memory_mib=1024"], "verify",
+     {"role": ["router", "secstorage"], "hypervisor": "kvm", "artifact": "a.qcow2", "cloudstack": "/src/cloudstack",
+      "set_": ["verify.memory_mib=1024"]},
+     ("verify", "", ["verify.memory_mib=1024"], "a.qcow2", ["router", "secstorage"], "kvm", "/src/cloudstack")),
+    (["bench", "--set", "debian.release=trixie"], "bench", {"set_": ["debian.release=trixie"]},
+     ("bench", "", ["debian.release=trixie"])),
+    (["matrix", "--release", "bookworm", "--release", "trixie"], "matrix", {"release": ["bookworm", "trixie"]},
+     ("matrix", "", [], ["bookworm", "trixie"], "")),
+    (["clean", "--all"], "clean", {"all_": True}, ("clean", True)),
+    (["clean"], "clean", {}, ("clean", False)),
+]
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    made: list[tuple] = []
+    for name in ("render", "build", "verify", "bench", "matrix", "clean"):
+        monkeypatch.setattr(cli, name, lambda *args, name=name: made.append((name, *[
+            list(arg) if isinstance(arg, list | tuple) else arg for arg in args])))
+    return made
+
+
+@pytest.mark.parametrize(("argv", "task_name", "task_args", "expected"), SAME_CALLS,
+                         ids=[" ".join(case[0]) for case in SAME_CALLS])
+def test_sysvm_and_invoke_make_the_same_call(argv, task_name, task_args, expected, calls):
+    assert cli.main(argv) == 0
+    getattr(tasks, task_name)(Context(), **task_args)
+    assert calls == [expected, expected]
+
+
+def test_seed_options_pass_through_unread(monkeypatch):
+    handed: list[list[str]] = []
+    monkeypatch.setattr("sysvm.seed.main", lambda argv: handed.append(argv) or 3)
+    upstream = ["-m", "/mnt/secondary", "-f", "t.qcow2.bz2", "-h", "kvm", "-s", "key", "--checksum", "ab"]
+    assert cli.main(["seed", *upstream]) == 3
+    with pytest.raises(SystemExit) as ended:
+        tasks.seed(Context(), args=" ".join(upstream))
+    assert ended.value.code == 3 and handed == [upstream, upstream]
+
+
+def test_a_task_and_its_command_share_one_summary():
+    for name in ("render", "build", "verify", "seed", "bench", "matrix", "clean"):
+        assert getattr(tasks, name).__doc__ == getattr(cli, name).__doc__
+
+
+def test_render_writes_output_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["render"]) == 0
+    tree = capsys.readouterr().out.strip().splitlines()[-1]
+    assert tree.startswith(f"{tmp_path}/output/build/render-") and tree.endswith("/overlay")
+    assert Path(tree, "opt/cloud/bin/get_template_version.sh").is_file()
+
+
+def test_a_bad_setting_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["render", "--set", "debian.release=hamm"])
+    assert ended.value.code == 2
+    assert "debian.release: unknown release 'hamm'" in capsys.readouterr().err
