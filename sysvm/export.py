@@ -121,7 +121,7 @@ def _refresh_metadata(config: Config, folder: Path, report: dict[str, object]) -
         atomic_write(path, made.text)
     atomic_write(folder / REPORT, json.dumps({**report, "inputs": config.as_dict(), "metadata": entry},
                                              indent=2, sort_keys=True) + "\n")
-    log.say(f"    export: {metadata.FILE_NAME} {'rewritten' if made is not None else 'removed'}")
+    log.say(f"export: {metadata.FILE_NAME} {'rewritten' if made is not None else 'removed'}")
 
 
 def _previous(folder: Path) -> dict[str, object]:
@@ -152,7 +152,7 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
                        meta_path if config.export.metadata_format_for(config.cloudstack.version) else None)
     previous = _previous(folder)
     if previous.get("export_key") == key and all(p.is_file() for p in result.files.values()) and not force:
-        log.say(f"    export: up to date ({folder})")
+        log.say(f"export: up to date ({folder})")
         _refresh_metadata(config, folder, previous)
         return result
     # An older set must not sit beside a half-made new one looking finished.
@@ -204,5 +204,5 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
     }
     atomic_write(result.report, json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, info in sorted(artifacts.items()):
-        log.say(f"    {name}: {info['size'] / 2**20:.1f} MiB")
+        log.say(f"{name}: {info['size'] / 2**20:.1f} MiB")
     return result

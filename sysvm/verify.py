@@ -362,7 +362,7 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         accel = accelerator(config.verify.accelerator, workspace.cache, config.debian.architecture)
         host = host_files(tree, workspace.verify / "host") if tree else None
         if host:
-            log.say(f"    starting roles as a CloudStack host with {tree.root} (cloud-scripts.tgz sha512 "
+            log.say(f"starting roles as a CloudStack host with {tree.root} (cloud-scripts.tgz sha512 "
                     f"{host.scripts_sha512[:16]}...)")
         images = workspace.verify / "images"
         images.mkdir(parents=True, exist_ok=True)
@@ -379,7 +379,7 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
                 jobs += [(verify_role, (config, disk, fmt, path, role, accel, workspace, host)) for role in roles]
             else:
                 jobs.append((verify_boot_only, (config, disk, fmt, path, target, accel, workspace)))
-        log.say(f"    {len(jobs)} boots, {PARALLEL_VMS} at a time ({accel})")
+        log.say(f"{len(jobs)} boots, {PARALLEL_VMS} at a time ({accel})")
         started = time.monotonic()
         with log.waiting("the verification boots"), ThreadPoolExecutor(max_workers=PARALLEL_VMS) as pool:
             outcomes = list(pool.map(lambda job: job[0](*job[1]), jobs))
@@ -389,7 +389,7 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
                    "cloudstack": str(tree.root) if tree else None, "outcomes": [o.__dict__ for o in outcomes]}
         atomic_write(workspace.verify / "summary.json", json.dumps(summary, indent=2))
         log.say(table)
-        log.say(f"    JUnit XML: {junit}")
+        log.say(f"JUnit XML: {junit}")
         failed = [o for o in outcomes if not o.passed]
         if failed:
             raise SysvmError(f"verify failed for {', '.join(o.name for o in failed)}: {failed[0].message}")

@@ -48,7 +48,7 @@ class Workspace:
             return False
         from sysvm import log
 
-        log.say(f"    {stage}: up to date ({outputs[0].parent})")
+        log.say(f"{stage}: up to date ({outputs[0].parent})")
         return True
 
     def prune(self, stage: str, keep: int = 2) -> None:

@@ -234,8 +234,9 @@ def test_bullseye_without_security_is_warned_about_recorded_and_simulates(worksp
     configuration = load("debian.release=bullseye", "releases.bullseye.without_security=true")
     planned, _ = rootfs.plan(configuration, workspace)
     warning = [line for line in capsys.readouterr().err.splitlines() if "WITHOUT" in line]
-    assert warning == ["    warning: building bullseye WITHOUT bullseye-security "
-                       "(releases.bullseye.without_security: true): the image gets no security updates"]
+    assert len(warning) == 1 and warning[0].endswith(
+        "] warning: building bullseye WITHOUT bullseye-security "
+        "(releases.bullseye.without_security: true): the image gets no security updates")
     assert planned.without_security
     assert list(planned.suites) == ["bullseye", "bullseye-updates"]
     assert planned.key != rootfs.plan(load("debian.release=bookworm"), workspace)[0].key
