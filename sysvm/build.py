@@ -37,7 +37,7 @@ def build(config: Config, workspace: Workspace, force: bool = False) -> BuildRes
     # What builds killed outright left (temporaries, staging and scratch folders); a running build's stay.
     leftovers = workspace.remove_leftovers()
     if leftovers:
-        log.say(f"    removed {len(leftovers)} leftovers of killed builds")
+        log.say(f"removed {len(leftovers)} leftovers of killed builds")
     durations: dict[str, float] = {}
 
     def timed(name: str, step: Callable[[], T]) -> T:

@@ -168,7 +168,7 @@ def _drop_duplicate_init_scripts(root: Path) -> None:
             link.unlink()
         script.unlink()
         dropped.append(script.name)
-    log.say(f"    disk: {len(dropped)} SysV scripts with a native unit removed ({', '.join(dropped)})")
+    log.say(f"disk: {len(dropped)} SysV scripts with a native unit removed ({', '.join(dropped)})")
 
 
 def _lock_root_password(root: Path) -> None:
@@ -269,5 +269,5 @@ def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool
             shutil.copyfile(root / f"boot/vmlinuz-{kernel}", workspace.cache / PROBE_KERNEL)
     finally:
         remove_tree(scratch)
-    log.say(f"    disk: kernel {kernel}, {config.disk.size_mib} MiB disk, root UUID {root_uuid}")
+    log.say(f"disk: kernel {kernel}, {config.disk.size_mib} MiB disk, root UUID {root_uuid}")
     return result

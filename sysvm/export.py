@@ -7,7 +7,6 @@ import os
 import shutil
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +60,7 @@ def qemu_virtual_size(image: Path) -> int:
 
 
 def _compress_bz2(source: Path, destination: Path, threads: int) -> None:
+    log.step("compressing (lbzip2)")
     run(["lbzip2", "-n", str(threads), "-9", "-c", source], stdout_path=destination)
 
 
@@ -69,6 +69,7 @@ def _source_format(image: Path) -> str:
 
 
 def _convert(source: Path, destination: Path, fmt: str, options: str) -> None:
+    log.step(f"converting to {fmt}")
     run(["qemu-img", "convert", "-f", _source_format(source), "-O", fmt, "-o", options, source, destination])
 
 
@@ -87,17 +88,29 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
     elif hypervisor == "hyperv":
         _convert(image, work / "disk.vhd", "vpc", "subformat=dynamic,force_size=on")
         inner = name.removesuffix(".zip")
+        log.step("compressing (zip)")
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
             archive.write(work / "disk.vhd", arcname=inner)
     elif hypervisor == "vmware":
         _convert(image, work / "disk.vmdk", "vmdk", "subformat=streamOptimized")
+        log.step("writing the OVA")
         write_ova(target, name.removesuffix(".ova"), work / "disk.vmdk", qemu_virtual_size(image),
                   config.export.vmware_hardware_version)
     else:  # ovm: OVM3 takes a raw image
+        log.step("converting to raw")
         run(["qemu-img", "convert", "-f", _source_format(image), "-O", "raw", image, work / "disk.raw"])
         _compress_bz2(work / "disk.raw", target, threads)
     remove_tree(work)
     return target
+
+
+def _artifact_with_checksums(config: Config, hypervisor: str, image: Path, staging: Path,
+                             threads: int) -> tuple[Path, dict[str, object]]:
+    """One export job: the artifact and its build-report.json entry (checksums in the job, so in parallel)."""
+    path = _make_artifact(config, hypervisor, image, staging, threads)
+    log.step("checksums")
+    return path, {"hypervisor": hypervisor, "size": path.stat().st_size,
+                  "md5": hash_file(path, "md5"), "sha512": hash_file(path, "sha512")}
 
 
 def export_inputs(config: Config, final: FinalImage) -> dict[str, object]:
@@ -123,7 +136,7 @@ def _refresh_metadata(config: Config, folder: Path, report: dict[str, object]) -
         atomic_write(path, made.text)
     atomic_write(folder / REPORT, json.dumps({**report, "inputs": config.as_dict(), "metadata": entry},
                                              indent=2, sort_keys=True) + "\n")
-    log.say(f"    export: {metadata.FILE_NAME} {'rewritten' if made is not None else 'removed'}")
+    log.say(f"export: {metadata.FILE_NAME} {'rewritten' if made is not None else 'removed'}")
 
 
 def _previous(folder: Path) -> dict[str, object]:
@@ -156,11 +169,11 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
     previous = _previous(folder)
     missing = [path.name for path in result.files.values() if not path.is_file()]
     if previous.get("export_key") == key and not missing and not force:
-        log.say(f"    export: up to date ({folder})")
+        log.say(f"export: up to date ({folder})")
         _refresh_metadata(config, folder, previous)
         return result
     recorded = previous.get("export_inputs")
-    log.say(f"    export: {reason(recorded if isinstance(recorded, dict) else None, inputs, force, missing)}")
+    log.say(f"export: {reason(recorded if isinstance(recorded, dict) else None, inputs, force, missing)}")
     # An older set must not sit beside a half-made new one looking finished.
     for stale in [*previous.get("artifacts", {}), REPORT, *CHECKSUM_FILES.values(), PACKAGES, metadata.FILE_NAME]:
         (folder / str(stale)).unlink(missing_ok=True)
@@ -169,14 +182,11 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
     try:
         jobs = len(names)
         threads = max(1, (os.cpu_count() or 1))
-        with log.waiting(f"{jobs} exports ({', '.join(names)})"), ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {h: pool.submit(_make_artifact, config, h, final.image, staging, threads)
-                       for h in names}
-            made = {h: future.result() for h, future in futures.items()}
-        artifacts = {}
-        for hypervisor, path in made.items():
-            artifacts[path.name] = {"hypervisor": hypervisor, "size": path.stat().st_size,
-                                    "md5": hash_file(path, "md5"), "sha512": hash_file(path, "sha512")}
+        with log.parallel(jobs) as pool:
+            futures = [pool.submit(h, _artifact_with_checksums, config, h, final.image, staging, threads)
+                       for h in names]
+            made = dict(future.result() for future in futures)
+        artifacts = {path.name: info for path, info in made.items()}
         for algorithm, filename in CHECKSUM_FILES.items():
             (staging / filename).write_text("".join(f"{info[algorithm]}  {name}\n"
                                                     for name, info in sorted(artifacts.items())))
@@ -186,7 +196,7 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
             (staging / metadata.FILE_NAME).write_text(meta.text)
             listing.append(staging / metadata.FILE_NAME)
         shutil.copyfile(rootfs.packages, staging / PACKAGES)
-        for path in [*made.values(), *listing, staging / PACKAGES]:
+        for path in [*made, *listing, staging / PACKAGES]:
             os.replace(path, folder / path.name)
     finally:
         remove_tree(staging)
@@ -211,5 +221,5 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
     }
     atomic_write(result.report, json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, info in sorted(artifacts.items()):
-        log.say(f"    {name}: {info['size'] / 2**20:.1f} MiB")
+        log.say(f"{name}: {info['size'] / 2**20:.1f} MiB")
     return result

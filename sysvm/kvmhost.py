@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sysvm import log
 from sysvm.cloudstack import AGENT_NAME, SCRIPTS_NAME, CloudStackTree, pack_agent, pack_scripts
 from sysvm.errors import SysvmError
 from sysvm.fsutil import hash_file
@@ -95,11 +96,14 @@ def poll(what: str, attempt: Callable[[], bool], timeout: float, interval: float
 def start_sequence(remote: Remote, role: str, files: HostFiles, timeout: float) -> str:
     """The host's steps after sshd answers; returns get_template_version.sh's answer."""
     started = time.monotonic()
+    log.step(f"CloudStack start: copying {', '.join(path.name for path in files.all())}")
     remote.copy(files.all(), f"{HOST_FOLDER}/")
     remote.timings["copied_s"] = round(time.monotonic() - started, 1)
     if role in AGENT_ROLES:
+        log.step("CloudStack start: waiting for patched.sh")
         remote.timings["patched_s"] = round(poll(
             f"{remote.name}: {PATCH_CHECK}", lambda: remote.ssh(PATCH_CHECK, timeout=60)[0] == 0, timeout), 1)
+    log.step("CloudStack start: asking get_template_version.sh")
     status, answer = remote.ssh(VERSION_QUERY, timeout=timeout)
     if status != 0 or "&" not in answer:
         raise SysvmError(f"{remote.name}: {VERSION_QUERY} answered {answer.strip()!r} (exit {status})")
@@ -122,6 +126,7 @@ def send_router_config(remote: Remote, documents: dict[str, dict[str, object]], 
     command batch finishes; a step that failed is reported on standard error, as the host sees it."""
     if not documents:
         return
+    log.step("CloudStack start: router configuration (vr_cfg.sh)")
     staging.mkdir(parents=True, exist_ok=True)
     config = staging / f"VR-{ROUTER_CONFIG_ID}.cfg"
     config.write_text(router_config_file(documents))

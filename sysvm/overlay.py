@@ -107,5 +107,5 @@ def apply_overlay(provisioned: ProvisionedDisk, overlay: Overlay, workspace: Wor
                              f"log: {log.current_log_path()})")
         script.unlink()
         (temporary / "lookup.debugfs").unlink()
-    log.say(f"    overlay: {len(commands)} changes written into {result.image}")
+    log.say(f"overlay: {len(commands)} changes written into {result.image}")
     return result

@@ -36,7 +36,7 @@ def probe_kvm(cache_dir: Path) -> bool:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     if not kernel.is_file():
-        log.say(f"    no kernel at {kernel} to probe KVM with: using TCG")
+        log.warning(f"no kernel at {kernel} to probe KVM with: using TCG")
         return False
     record = cache_dir / "kvm-probe.json"
     boot_id = _boot_id()
@@ -50,7 +50,7 @@ def probe_kvm(cache_dir: Path) -> bool:
     command = ["qemu-system-x86_64", "-machine", "accel=kvm", "-cpu", "host", "-m", "256", "-nodefaults",
                "-display", "none", "-no-reboot", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
                "-serial", f"file:{console}"]
-    log.say(f"    probing KVM (up to {PROBE_TIMEOUT_S:.0f}s)")
+    log.say(f"probing KVM (up to {PROBE_TIMEOUT_S:.0f}s)")
     works = False
     with spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
         deadline = time.monotonic() + PROBE_TIMEOUT_S
@@ -60,7 +60,7 @@ def probe_kvm(cache_dir: Path) -> bool:
                 break
             time.sleep(0.5)
     atomic_write(record, json.dumps({"boot_id": boot_id, "kvm": works}))
-    log.say(f"    KVM {'works' if works else 'does not work here: using TCG (software emulation)'}")
+    log.say(f"KVM {'works' if works else 'does not work here: using TCG (software emulation)'}")
     return works
 
 
@@ -152,7 +152,7 @@ class VirtualMachine:
         if any(nic.forward_ssh_to for nic in self.nics):
             self.ssh_port = free_port()
         command = self.command()
-        log.say(f"    {self.name}: starting QEMU ({self.accel}); serial console: {self.console_log}")
+        log.say(f"starting QEMU for {self.name} ({self.accel}); serial console: {self.console_log}")
         (self.folder / f"{self.name}-qemu.cmd").write_text(" ".join(command) + "\n")
         self.started_at = time.monotonic()
         with (self.folder / f"{self.name}-qemu.log").open("wb") as qemu_log:

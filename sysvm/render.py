@@ -174,7 +174,7 @@ def bake_scripts(cloudstack: CloudStackTree, tree: Path) -> str:
     checksum = pack_scripts(cloudstack, archive)
     with tarfile.open(archive) as tar:
         tar.extractall(tree, filter="tar")
-    log.say(f"    render: CloudStack's scripts from {cloudstack.root} baked in (sha512 {checksum[:16]}...)")
+    log.say(f"render: CloudStack's scripts from {cloudstack.root} baked in (sha512 {checksum[:16]}...)")
     return checksum
 
 
@@ -216,5 +216,5 @@ def render(config: Config, workspace: Workspace, force: bool = False) -> Overlay
         document = {"key": stage.key, "release": config.debian.release, "layers": layers(config),
                     "files": _manifest(tree)}
         (temporary / "manifest.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
-    log.say(f"    render: {len(overlay.entries())} files in {overlay.tree}")
+    log.say(f"render: {len(overlay.entries())} files in {overlay.tree}")
     return overlay

@@ -324,8 +324,8 @@ def _without_mirror(config: Config, workspace: Workspace, wanted: list[Suite], a
     if age > limit:
         raise SysvmError(f"rootfs: {error} and the cached rootfs is {age:.1f} days old, "
                          f"more than debian.max_rootfs_age_days ({limit})")
-    log.say(f"    rootfs: {error}; reusing the rootfs built {age:.1f} days ago "
-            f"(debian.max_rootfs_age_days: {limit}): {stage.folder}")
+    log.warning(f"rootfs: {error}; reusing the rootfs built {age:.1f} days ago "
+                f"(debian.max_rootfs_age_days: {limit}): {stage.folder}")
     stage.mark_used()
     return rootfs
 
@@ -336,8 +336,8 @@ def plan(config: Config, workspace: Workspace, force: bool = False) -> tuple[Roo
     wanted = suites(config)
     if config.release.without_security:
         release = config.debian.release
-        log.say(f"    warning: building {release} WITHOUT {config.release.security_suite} "
-                f"(releases.{release}.without_security: true): the image gets no security updates")
+        log.warning(f"building {release} WITHOUT {config.release.security_suite} "
+                    f"(releases.{release}.without_security: true): the image gets no security updates")
     asked = rootfs_inputs(config, wanted)
     try:
         states = suite_states(config, wanted)
@@ -397,5 +397,5 @@ def build_rootfs(config: Config, workspace: Workspace, force: bool = False) -> R
                   "without_security": result.without_security}
         (temporary / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     size = result.tarball.stat().st_size
-    log.say(f"    rootfs: {len(installed)} packages, {size / 2**20:.0f} MiB tarball")
+    log.say(f"rootfs: {len(installed)} packages, {size / 2**20:.0f} MiB tarball")
     return result

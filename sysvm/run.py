@@ -9,15 +9,18 @@ the SIGINT/SIGTERM handler) rather than waiting for worker threads; and each chi
 from __future__ import annotations
 
 import os
+import select
+import selectors
 import shlex
 import shutil
 import signal
 import subprocess
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sysvm import log
 from sysvm.errors import SysvmError
@@ -52,6 +55,9 @@ def spawn(command: Command, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
     finally:
         _end(process)
         _children.discard(process)
+        for pipe in (process.stdin, process.stdout, process.stderr):  # a reader that gave up may leave one open
+            if pipe is not None:
+                pipe.close()
 
 
 def end_children() -> None:
@@ -63,8 +69,54 @@ def end_children() -> None:
             process.send_signal(signal.SIGTERM)
 
 
-def _tail(text: str, lines: int = 5) -> str:
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+TAIL_LINES = 5  # lines of a failed command's output that its error message quotes
+POLL_S = 1.0  # how often a streamed command's deadline is checked while it is silent
+
+
+def _log_line(raw: bytes) -> str:
+    line = raw.decode(errors="replace").rstrip("\r")
+    log.detail(f"  {line}")
+    return line
+
+
+def _log_output(process: subprocess.Popen[bytes], pipe: IO[bytes], input: bytes | None,
+                timeout: float | None) -> list[str]:
+    """Log what the child writes on `pipe` line by line as it comes (a long step can be followed in its log),
+    feed it `input` meanwhile, and return its last lines once it has exited."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last: deque[str] = deque(maxlen=TAIL_LINES)
+    pending, feed = b"", memoryview(input or b"")
+    with selectors.DefaultSelector() as selector:
+        selector.register(pipe, selectors.EVENT_READ)
+        if process.stdin is not None:
+            selector.register(process.stdin, selectors.EVENT_WRITE)
+        while selector.get_map():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(process.args, timeout or 0)
+            ready = selector.select(POLL_S if left is None else min(POLL_S, left))
+            if not ready and process.poll() is not None:
+                break  # it has exited; whatever it left behind holding the pipe open is not waited for
+            for key, _ in ready:
+                if key.fileobj is process.stdin:
+                    try:
+                        feed = feed[os.write(key.fd, feed[:select.PIPE_BUF]):]
+                    except BrokenPipeError:  # it stopped reading: what is left is not wanted
+                        feed = feed[:0]
+                    if not feed:
+                        selector.unregister(process.stdin)
+                        process.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(pipe)
+                    continue
+                *lines, pending = (pending + chunk).split(b"\n")
+                last.extend(_log_line(line) for line in lines)
+    if pending:
+        last.append(_log_line(pending))
+    process.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return list(last)
 
 
 def run(
@@ -78,50 +130,53 @@ def run(
     timeout: float | None = None,
     stdout_path: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command, write it and its duration to the stage log, and raise SysvmError on failure.
+    """Run a command, log it with its output, duration and exit status, and raise SysvmError on failure.
 
-    Output goes to the current stage log (or the terminal outside a stage) unless `capture` (returned)
-    or `stdout_path` (a file) is given; stderr goes to the log when there is one.
+    Inside a stage, the output goes to the current log (`log.current_log_path`, a job's own when run in one)
+    line by line as it comes, except what `capture` returns or `stdout_path` (a file) takes; captured
+    stderr is logged when the command ends, and captured stdout too when it failed. Outside a stage the
+    terminal sees everything that is not captured.
     """
     argv = [os.fspath(part) for part in command]
-    logfile = log.current_log()
     printable = shlex.join(argv)
-    if logfile is not None:
-        logfile.write(f"$ {printable}\n")
-        logfile.flush()
+    logged = log.current_log_path() is not None
+    streamed = logged and not capture
+    log.detail(f"$ {printable}")
     full_env = None if env is None else {**os.environ, **env}
+    # Without input, stdin is empty rather than inherited: some tools (mmdebstrap) read it when it is not a
+    # terminal, and CI has no terminal.
+    stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
     started = time.monotonic()
-    out_handle = stdout_path.open("wb") if stdout_path is not None else None
-    try:
+    last: list[str] = []
+    with ExitStack() as files:
+        out_file = files.enter_context(stdout_path.open("wb")) if stdout_path is not None else None
         if capture:
-            stdout, stderr = out_handle or subprocess.PIPE, subprocess.PIPE
-        elif logfile is None:  # outside a stage: the terminal sees everything
-            stdout, stderr = out_handle, None
+            stdout, stderr = out_file or subprocess.PIPE, subprocess.PIPE
+        elif streamed:  # one pipe for both, so that the log keeps their order
+            stdout, stderr = out_file or subprocess.PIPE, subprocess.PIPE if out_file else subprocess.STDOUT
         else:
-            stdout = out_handle or logfile
-            stderr = logfile
-        # Without input, stdin is empty rather than inherited: some tools (mmdebstrap) read it when it
-        # is not a terminal, and CI has no terminal.
-        stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
+            stdout, stderr = out_file, None
         with spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env, cwd=cwd) as process:
             try:
-                out, err = process.communicate(input, timeout=timeout)
+                if streamed:
+                    pipe = process.stderr if out_file else process.stdout
+                    last = _log_output(process, pipe, input, timeout)  # type: ignore[arg-type]
+                    out = err = None
+                else:
+                    out, err = process.communicate(input, timeout=timeout)
             except subprocess.TimeoutExpired as error:
                 raise SysvmError(f"{printable}: no result after {timeout:.0f}s") from error
-        result = subprocess.CompletedProcess(argv, process.returncode, out, err)
-    finally:
-        if out_handle is not None:
-            out_handle.close()
-    elapsed = time.monotonic() - started
-    stderr_text = (result.stderr or b"").decode(errors="replace")
-    if logfile is not None:
-        if capture and stderr_text:
-            logfile.write(stderr_text)
-        logfile.write(f"# exit {result.returncode} after {elapsed:.2f}s\n")
-        logfile.flush()
-    if check and result.returncode != 0:
-        where = f" (log: {log.current_log_path()})" if logfile is not None else ""
-        detail = _tail(stderr_text) if stderr_text else ""
+    result = subprocess.CompletedProcess(argv, process.returncode, out, err)
+    failed = result.returncode != 0
+    if capture:
+        last = [_log_line(line) for line in (result.stderr or b"").splitlines()][-TAIL_LINES:]
+        if failed:
+            for line in (result.stdout or b"").splitlines():
+                _log_line(line)
+    log.detail(f"# exit {result.returncode} after {time.monotonic() - started:.2f}s")
+    if check and failed:
+        where = f" (log: {log.current_log_path()})" if logged else ""
+        detail = " | ".join(line.strip() for line in last if line.strip())
         raise SysvmError(f"{argv[0]} failed with exit {result.returncode}{where}{': ' + detail if detail else ''}")
     return result
 

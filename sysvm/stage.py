@@ -44,14 +44,14 @@ class Stage:
         Either way the decision is said: `up to date (<folder>)`, or why the stage builds."""
         if not force and all(path.is_file() for path in outputs):
             self.mark_used()
-            log.say(f"    {self.name}: up to date ({self.folder})")
+            log.say(f"{self.name}: up to date ({self.folder})")
             return True
         missing = [path.name for path in outputs if not path.is_file()]
         # Against its own folder when there is one (an output went missing), else the most recently used.
         found = earlier(self.folder.parent, self.name)
         own = [stage for stage in found if stage.folder == self.folder]
         before = (own or found)[0].inputs if found else None
-        log.say(f"    {self.name}: {reason(before, self.inputs, force, missing)}")
+        log.say(f"{self.name}: {reason(before, self.inputs, force, missing)}")
         return False
 
     @contextmanager

@@ -18,7 +18,6 @@ import time
 import xml.etree.ElementTree as ElementTree
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,8 +229,11 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
     timeout = config.verify.boot_timeout_s
     started = time.monotonic()
     try:
+        log.step("starting QEMU")
         with vm:
+            log.step("waiting for the guest agent")
             outcome.timings["agent_s"] = round(vm.hand_over_cmdline(boot.cmdline(), timeout), 1)
+            log.step("guest agent answered, waiting for SSH")
             outcome.timings["ssh_s"] = round(vm.wait_for_ssh(max(1.0, timeout - (time.monotonic() - started))), 1)
             check(vm, boot, key_file, outcome)
     except SysvmError as error:
@@ -240,6 +242,8 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
         outcome.passed = False
         outcome.message = f"{name}: {type(error).__name__}: {error}; console: {vm.console_tail()}"
     outcome.timings["total_s"] = round(time.monotonic() - started, 1)
+    if not outcome.passed:
+        log.warning(outcome.message)
     return outcome
 
 
@@ -281,6 +285,7 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str,
         expect_file = folder / f"{vm.name}-expect.json"
         expect_file.write_text(json.dumps(expectations, indent=2))
         junit, report = folder / f"junit-{vm.name}.xml", folder / f"{vm.name}-tests.log"
+        log.step("running the tests")
         started = time.monotonic()
         result = run([*suite_command(), f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_file}",
                       f"--junitxml={junit}", "-o", f"junit_suite_name={vm.name}"],
@@ -300,6 +305,7 @@ def verify_boot_only(config: Config, disk: Path, fmt: str, artifact: Path, hyper
     enough to answer SSH on its control address. The role tests themselves run on the KVM artifact."""
 
     def login_prompt(vm: VirtualMachine, boot: RoleBoot, key_file: Path, outcome: Outcome) -> None:
+        log.step("waiting for a login prompt")
         vm.wait_for_console(LOGIN_PROMPT, config.verify.boot_timeout_s)
         outcome.passed, outcome.message = True, "booted to a login prompt; sshd answered on the control address"
 
@@ -368,7 +374,7 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         accel = accelerator(config.verify.accelerator, workspace.cache, config.debian.architecture)
         host = host_files(tree, workspace.verify / "host") if tree else None
         if host:
-            log.say(f"    starting roles as a CloudStack host with {tree.root} (cloud-scripts.tgz sha512 "
+            log.say(f"starting roles as a CloudStack host with {tree.root} (cloud-scripts.tgz sha512 "
                     f"{host.scripts_sha512[:16]}...)")
         images = workspace.verify / "images"
         images.mkdir(parents=True, exist_ok=True)
@@ -382,20 +388,22 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
                                  f"{path}: artifact not built yet (run invoke build first)")
             disk, fmt = unpack_artifact(path, images)
             if target == "kvm":
-                jobs += [(verify_role, (config, disk, fmt, path, role, accel, workspace, host)) for role in roles]
+                jobs += [(role, verify_role, (config, disk, fmt, path, role, accel, workspace, host))
+                         for role in roles]
             else:
-                jobs.append((verify_boot_only, (config, disk, fmt, path, target, accel, workspace)))
-        log.say(f"    {len(jobs)} boots, {PARALLEL_VMS} at a time ({accel})")
+                jobs.append((target, verify_boot_only, (config, disk, fmt, path, target, accel, workspace)))
+        log.say(f"{len(jobs)} boots, {PARALLEL_VMS} at a time ({accel})")
         started = time.monotonic()
-        with log.waiting("the verification boots"), ThreadPoolExecutor(max_workers=PARALLEL_VMS) as pool:
-            outcomes = list(pool.map(lambda job: job[0](*job[1]), jobs))
+        with log.parallel(PARALLEL_VMS) as pool:
+            futures = [pool.submit(name, work, *arguments) for name, work, arguments in jobs]
+            outcomes = [future.result() for future in futures]
         junit = write_junit(outcomes, workspace.verify)
         table = summary_table(outcomes)
         summary = {"accelerator": accel, "duration_s": round(time.monotonic() - started, 1),
                    "cloudstack": str(tree.root) if tree else None, "outcomes": [o.__dict__ for o in outcomes]}
         atomic_write(workspace.verify / "summary.json", json.dumps(summary, indent=2))
         log.say(table)
-        log.say(f"    JUnit XML: {junit}")
+        log.say(f"JUnit XML: {junit}")
         failed = [o for o in outcomes if not o.passed]
         if failed:
             raise SysvmError(f"verify failed for {', '.join(o.name for o in failed)}: {failed[0].message}")

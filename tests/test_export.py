@@ -22,6 +22,7 @@ from sysvm.render import render
 from sysvm.rootfs import Rootfs
 from sysvm.stage import as_recorded, changes, key_of
 from tests.disks import empty_qcow2
+from tests.terminal import messages
 
 MIB = 2**20
 
@@ -217,7 +218,7 @@ def test_rerun_with_nothing_changed_does_no_work_and_a_change_is_named(provision
     def said(loaded: config.Config) -> str:
         capsys.readouterr()
         export.export(loaded, disk, render(loaded, workspace), rootfs, workspace, {})
-        return next(line.strip() for line in capsys.readouterr().err.splitlines() if line.startswith("    export: "))
+        return next(line for line in messages(capsys.readouterr().err) if line.startswith("export: "))
 
     assert said(cfg) == "export: building (no earlier build)"
     real = export._make_artifact

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sysvm import log
 from sysvm.errors import SysvmError
 from sysvm.run import end_children, run, spawn
 
@@ -64,6 +66,25 @@ def test_end_children_ends_what_other_threads_own():
 def test_a_missing_program_is_one_line():
     with pytest.raises(SysvmError, match="no-such-program: program not found"):
         run(["no-such-program"])
+
+
+def test_every_command_is_logged_with_its_output_duration_and_exit_status(tmp_path):
+    with log.stage("disk", tmp_path) as path:
+        run(["sh", "-c", "echo to-stdout; echo to-stderr >&2"])
+        run(["cat"], input=b"fed-through-stdin\n")
+        run(["sh", "-c", "echo kept-in-file; echo beside-it >&2"], stdout_path=tmp_path / "out.txt")
+        quiet = run(["sh", "-c", "echo returned; echo said >&2"], capture=True)
+        with pytest.raises(SysvmError) as caught:
+            run(["sh", "-c", "echo why-stdout; echo why-stderr >&2; exit 3"], capture=True)
+        with pytest.raises(SysvmError, match="no result after 1s"):
+            run(["sleep", "30"], timeout=1)
+    lines = [re.fullmatch(r"\S+ +[0-9.]+s (.*)", line).group(1) for line in path.read_text().splitlines()]
+    assert lines[1:5] == ["$ sh -c 'echo to-stdout; echo to-stderr >&2'", "  to-stdout", "  to-stderr",
+                          lines[4]] and re.fullmatch(r"# exit 0 after \d\.\d\ds", lines[4])
+    assert "  fed-through-stdin" in lines and "  beside-it" in lines and "  kept-in-file" not in lines
+    assert quiet.stdout == b"returned\n" and "  said" in lines and "  returned" not in lines
+    assert "  why-stdout" in lines and "  why-stderr" in lines and "# exit 3 after" in path.read_text()
+    assert str(caught.value) == f"sh failed with exit 3 (log: {path}): why-stderr"
 
 
 def _runner(tmp_path: Path, body: str) -> subprocess.Popen[bytes]:

@@ -12,6 +12,7 @@ from sysvm.build import render_only
 from sysvm.cache import hash_tree, stage_key
 from sysvm.stage import INPUTS, Stage, changes, reason
 from sysvm.workspace import Workspace
+from tests.terminal import messages
 
 PACKAGES = ["curl", "tcpdump"]
 
@@ -20,7 +21,7 @@ def decision(stage: Stage, capsys, force: bool = False) -> tuple[bool, str]:
     """Whether the stage reuses its folder, and the line it says about it."""
     capsys.readouterr()
     reused = stage.reuse(stage.folder / "out", force=force)
-    return reused, capsys.readouterr().err.strip()
+    return reused, "\n".join(messages(capsys.readouterr().err))
 
 
 def build(stage: Stage) -> None:
@@ -117,7 +118,7 @@ def test_render_says_which_setting_or_tree_made_it_render_again(workspace, capsy
     def said(*overrides: str) -> str:
         capsys.readouterr()
         render_only(config.load(None, list(overrides)), workspace)
-        return next(line.strip() for line in capsys.readouterr().err.splitlines() if line.startswith("    render: "))
+        return next(line for line in messages(capsys.readouterr().err) if line.startswith("render: "))
 
     assert said() == "render: building (no earlier build)"
     assert said() == f"render: up to date ({next(workspace.build.glob('render-*'))})"
