@@ -47,12 +47,12 @@ def build(config: Config, workspace: Workspace, force: bool = False) -> BuildRes
         durations[name] = round(time.monotonic() - started, 2)
         return value
 
-    overlay = timed("render", lambda: render(config, workspace, force))
+    rendered = timed("render", lambda: render(config, workspace, force))
     rootfs = timed("rootfs", lambda: build_rootfs(config, workspace, force))
     disk = timed("disk", lambda: build_disk(config, rootfs, workspace, force))
     provisioned = timed("packer", lambda: provision(config, disk, workspace, force))
-    final = timed("overlay", lambda: apply_overlay(provisioned, overlay, workspace, force))
-    artifacts = timed("export", lambda: export(config, final, overlay, rootfs, workspace, durations, force))
+    final = timed("overlay", lambda: apply_overlay(provisioned, rendered, workspace, force))
+    artifacts = timed("export", lambda: export(config, final, rendered, rootfs, workspace, durations, force))
     for stage in ("rootfs", "disk", "packer", "overlay"):  # each stage marked the folder it used
         workspace.prune(stage)
     return BuildResult(artifacts, durations)

@@ -19,8 +19,8 @@ from sysvm import config as config_module
 from sysvm import log
 from sysvm.cache import stage_key
 from sysvm.fsutil import atomic_path, remove_tree
+from sysvm.process import run
 from sysvm.rootfs import mirrors
-from sysvm.run import run
 from sysvm.workspace import Workspace
 
 PACKAGES = ("python3", "python3-pytest", "procps", "mount")

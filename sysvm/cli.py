@@ -16,7 +16,7 @@ from typing import TypeVar
 from sysvm import config as config_module
 from sysvm.config import Config
 from sysvm.errors import SysvmError
-from sysvm.run import end_children
+from sysvm.process import end_children
 from sysvm.workspace import Workspace
 
 T = TypeVar("T")
@@ -71,7 +71,7 @@ HELP = {
 
 
 def render(config_file: str, overrides: Sequence[str], force: bool = False) -> None:
-    """Render templates and overlay layers into output/build/render-<key>/overlay."""
+    """Render templates and overlay layers into output/build/render-<key>/tree."""
     from sysvm.build import render_only
 
     guarded(lambda: print(render_only(load_config(config_file, overrides), Workspace(), force)))

@@ -20,9 +20,9 @@ from sysvm import log, tools
 from sysvm.config import Architecture, Config
 from sysvm.errors import SysvmError
 from sysvm.fsutil import remove_tree, scratch_dir
+from sysvm.process import output, run
 from sysvm.qemu import PROBE_KERNEL
 from sysvm.rootfs import Rootfs
-from sysvm.run import output, run
 from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 

@@ -16,9 +16,9 @@ from sysvm.config import Config
 from sysvm.fsutil import atomic_write, hash_file, remove_tree, scratch_dir
 from sysvm.overlay import FinalImage
 from sysvm.ovf import write_ova
-from sysvm.render import Overlay
+from sysvm.process import output, run
+from sysvm.render import RenderedTree
 from sysvm.rootfs import Rootfs
-from sysvm.run import output, run
 from sysvm.stage import as_recorded, key_of, reason
 from sysvm.workspace import Workspace
 
@@ -157,7 +157,7 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, workspace: Workspace,
+def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Rootfs, workspace: Workspace,
            durations: dict[str, float], force: bool = False) -> Artifacts:
     inputs = as_recorded(export_inputs(config, final))
     key = key_of("export", inputs)
@@ -208,9 +208,9 @@ def export(config: Config, final: FinalImage, overlay: Overlay, rootfs: Rootfs, 
         "name_pattern": name_pattern(config),
         "inputs": config.as_dict(),
         "stage_keys": {"rootfs": rootfs.key, "overlay": final.key},
-        "scripts_signature": overlay.signature(),
-        "cloudstack_scripts": ({"path": str(locate(config.cloudstack.scripts).root), "sha512": overlay.signature()}
-                               if overlay.baked_scripts else None),
+        "scripts_signature": rendered.signature(),
+        "cloudstack_scripts": ({"path": str(locate(config.cloudstack.scripts).root), "sha512": rendered.signature()}
+                               if rendered.baked_scripts else None),
         "tools": tool_versions(),
         "durations_s": durations,
         "virtual_size": qemu_virtual_size(final.image),

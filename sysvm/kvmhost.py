@@ -18,7 +18,7 @@ from sysvm import log
 from sysvm.cloudstack import AGENT_NAME, SCRIPTS_NAME, CloudStackTree, pack_agent, pack_scripts
 from sysvm.errors import SysvmError
 from sysvm.fsutil import hash_file
-from sysvm.run import run
+from sysvm.process import run
 
 HOST_FOLDER = "/var/cache/cloud"
 PATCH_CHECK = "/opt/cloud/bin/patched.sh /opt/cloud/bin/keystore*"

@@ -1,9 +1,9 @@
-"""overlay stage: write the rendered overlay into the provisioned disk, offline.
+"""overlay stage: write the rendered tree into the provisioned disk, offline.
 
-Packer provisions a disk without the overlay; this stage copies that disk to a raw image and writes
-the overlay's files, folders and links into its ext4 filesystem with debugfs (no mount, no loop
-device), enables the overlay's boot units, and checks the filesystem with e2fsck. A change to the
-overlay alone therefore costs this stage and the export, not a new Packer boot.
+Packer provisions a disk without the rendered tree; this stage copies that disk to a raw image and writes
+the tree's files, folders and links into its ext4 filesystem with debugfs (no mount, no loop
+device), enables the tree's boot units, and checks the filesystem with e2fsck. A change to the
+rendered tree alone therefore costs this stage and the export, not a new Packer boot.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pathlib import Path
 from sysvm import log
 from sysvm.errors import SysvmError
 from sysvm.packer import ProvisionedDisk
-from sysvm.render import Overlay
-from sysvm.run import output, run
+from sysvm.process import output, run
+from sysvm.render import RenderedTree
 from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 
 IMAGE_NAME = "systemvm.raw"
-# Units of the overlay that start at every boot. cloud.service is left to the role setup.
+# Units of the rendered tree that start at every boot. cloud.service is left to the role setup.
 ENABLED_UNITS = ("sysvm-growroot.service", "sysvm-setup.service", "sysvm-handover.service",
                  "sysvm-ssh-host-keys.service")
 WANTS = "/etc/systemd/system/multi-user.target.wants"
@@ -34,8 +34,8 @@ class FinalImage:
     image: Path  # raw disk: what every artifact is exported from
 
 
-def overlay_inputs(provisioned: ProvisionedDisk, overlay: Overlay) -> dict[str, object]:
-    return {"packer": provisioned.key, "render": overlay.key, "overlay.py ENABLED_UNITS": ENABLED_UNITS}
+def overlay_inputs(provisioned: ProvisionedDisk, rendered: RenderedTree) -> dict[str, object]:
+    return {"packer": provisioned.key, "render": rendered.key, "overlay.py ENABLED_UNITS": ENABLED_UNITS}
 
 
 def _filesystem(image: Path, offset: int) -> str:
@@ -75,23 +75,23 @@ def write_script(tree: Path, existing: set[str]) -> list[str]:
     return commands
 
 
-def apply_overlay(provisioned: ProvisionedDisk, overlay: Overlay, workspace: Workspace,
+def apply_overlay(provisioned: ProvisionedDisk, rendered: RenderedTree, workspace: Workspace,
                   force: bool = False) -> FinalImage:
-    stage = Stage.of(workspace, "overlay", overlay_inputs(provisioned, overlay))
+    stage = Stage.of(workspace, "overlay", overlay_inputs(provisioned, rendered))
     result = FinalImage(stage.key, stage.folder / IMAGE_NAME)
     if stage.reuse(result.image, force=force):
         return result
-    for entry in sorted(overlay.tree.rglob("*")):
+    for entry in sorted(rendered.tree.rglob("*")):
         if any(c.isspace() for c in entry.name):
-            raise SysvmError(f"{entry}: overlay paths must not contain white space (debugfs cannot write them)")
+            raise SysvmError(f"{entry}: rendered paths must not contain white space (debugfs cannot write them)")
     with stage.building() as temporary:
         image = temporary / IMAGE_NAME
         run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", provisioned.image, image])
         links = [f"{WANTS}/{unit}" for unit in ENABLED_UNITS]
-        paths = ["/" + p.relative_to(overlay.tree).as_posix() for p in sorted(overlay.tree.rglob("*"))]
+        paths = ["/" + p.relative_to(rendered.tree).as_posix() for p in sorted(rendered.tree.rglob("*"))]
         filesystem = _filesystem(image, provisioned.root_offset)
         existing = _existing(filesystem, [*paths, WANTS, *links], temporary)
-        commands = write_script(overlay.tree, existing)
+        commands = write_script(rendered.tree, existing)
         for unit, link in zip(ENABLED_UNITS, links, strict=True):
             commands += ([f"rm {link}"] if link in existing else []) + [f"symlink {link} /etc/systemd/system/{unit}"]
         script = temporary / "overlay.debugfs"
@@ -99,11 +99,11 @@ def apply_overlay(provisioned: ProvisionedDisk, overlay: Overlay, workspace: Wor
         errors = run(["debugfs", "-w", "-f", script, filesystem], capture=True).stderr.decode()
         problems = [line for line in errors.splitlines() if line.strip() and not line.startswith("debugfs ")]
         if problems:
-            raise SysvmError(f"debugfs could not write the overlay: {problems[0]}")
+            raise SysvmError(f"debugfs could not write the rendered tree: {problems[0]}")
         # e2fsck exits 1 when it only brought the free counts up to date, 0 when there was nothing to do.
         check = run(["e2fsck", "-f", "-y", filesystem], check=False)
         if check.returncode not in (0, 1):
-            raise SysvmError(f"e2fsck found errors after writing the overlay (exit {check.returncode}; "
+            raise SysvmError(f"e2fsck found errors after writing the rendered tree (exit {check.returncode}; "
                              f"log: {log.current_log_path()})")
         script.unlink()
         (temporary / "lookup.debugfs").unlink()

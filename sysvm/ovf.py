@@ -17,7 +17,7 @@ HARDWARE_VERSION = 13  # vmx-13 needs ESXi 6.5 or later; sysvm.yaml's export.vmw
 
 
 @dataclass(frozen=True)
-class VirtualMachine:
+class VirtualSystem:
     name: str
     disk_file: str
     disk_file_size: int
@@ -35,15 +35,15 @@ def _item(instance: int, resource_type: int, name: str, extra: str = "") -> str:
             f"        <rasd:ResourceType>{resource_type}</rasd:ResourceType>\n{extra}      </Item>\n")
 
 
-def descriptor(vm: VirtualMachine) -> str:
-    capacity_mib = -(-vm.capacity_bytes // 2**20)
+def descriptor(system: VirtualSystem) -> str:
+    capacity_mib = -(-system.capacity_bytes // 2**20)
     items = "".join([
-        _item(1, 3, f"{vm.cpus} virtual CPU(s)",
+        _item(1, 3, f"{system.cpus} virtual CPU(s)",
               "        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>\n"
-              f"        <rasd:VirtualQuantity>{vm.cpus}</rasd:VirtualQuantity>\n"),
-        _item(2, 4, f"{vm.memory_mib}MB of memory",
+              f"        <rasd:VirtualQuantity>{system.cpus}</rasd:VirtualQuantity>\n"),
+        _item(2, 4, f"{system.memory_mib}MB of memory",
               "        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>\n"
-              f"        <rasd:VirtualQuantity>{vm.memory_mib}</rasd:VirtualQuantity>\n"),
+              f"        <rasd:VirtualQuantity>{system.memory_mib}</rasd:VirtualQuantity>\n"),
         _item(3, 6, "SCSI Controller 0", "        <rasd:Address>0</rasd:Address>\n"
               "        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>\n"),
         _item(4, 5, "IDE Controller 0", "        <rasd:Address>0</rasd:Address>\n"),
@@ -65,7 +65,7 @@ def descriptor(vm: VirtualMachine) -> str:
     xmlns:vmw="http://www.vmware.com/schema/ovf"
     xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
   <References>
-    <File ovf:href="{escape(vm.disk_file)}" ovf:id="file1" ovf:size="{vm.disk_file_size}"/>
+    <File ovf:href="{escape(system.disk_file)}" ovf:id="file1" ovf:size="{system.disk_file_size}"/>
   </References>
   <DiskSection>
     <Info>Virtual disk information</Info>
@@ -78,10 +78,10 @@ def descriptor(vm: VirtualMachine) -> str:
       <Description>The management network</Description>
     </Network>
   </NetworkSection>
-  <VirtualSystem ovf:id="{escape(vm.name)}">
+  <VirtualSystem ovf:id="{escape(system.name)}">
     <Info>A CloudStack system VM</Info>
-    <Name>{escape(vm.name)}</Name>
-    <OperatingSystemSection ovf:id="{vm.os_id}" vmw:osType="{vm.os_type}">
+    <Name>{escape(system.name)}</Name>
+    <OperatingSystemSection ovf:id="{system.os_id}" vmw:osType="{system.os_type}">
       <Info>The kind of installed guest operating system</Info>
     </OperatingSystemSection>
     <VirtualHardwareSection>
@@ -89,8 +89,8 @@ def descriptor(vm: VirtualMachine) -> str:
       <System>
         <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
         <vssd:InstanceID>0</vssd:InstanceID>
-        <vssd:VirtualSystemIdentifier>{escape(vm.name)}</vssd:VirtualSystemIdentifier>
-        <vssd:VirtualSystemType>vmx-{vm.hardware_version:02d}</vssd:VirtualSystemType>
+        <vssd:VirtualSystemIdentifier>{escape(system.name)}</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>vmx-{system.hardware_version:02d}</vssd:VirtualSystemType>
       </System>
 {items}      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="bios"/>
     </VirtualHardwareSection>
@@ -106,18 +106,18 @@ def manifest(entries: dict[str, str]) -> str:
 
 def write_ova(destination: Path, name: str, vmdk: Path, capacity_bytes: int,
               hardware_version: int = HARDWARE_VERSION) -> None:
-    vm = VirtualMachine(name=name, disk_file=f"{name}-disk1.vmdk", disk_file_size=vmdk.stat().st_size,
+    system = VirtualSystem(name=name, disk_file=f"{name}-disk1.vmdk", disk_file_size=vmdk.stat().st_size,
                         capacity_bytes=capacity_bytes, hardware_version=hardware_version)
-    ovf_bytes = descriptor(vm).encode()
+    ovf_bytes = descriptor(system).encode()
     ovf_name, mf_name = f"{name}.ovf", f"{name}.mf"
     mf_bytes = manifest({ovf_name: hashlib.sha256(ovf_bytes).hexdigest(),
-                         vm.disk_file: sha256_file(vmdk)}).encode()
+                         system.disk_file: sha256_file(vmdk)}).encode()
     with tarfile.open(destination, "w", format=tarfile.USTAR_FORMAT) as archive:
         for member_name, payload in ((ovf_name, ovf_bytes), (mf_name, mf_bytes)):
             info = tarfile.TarInfo(member_name)
             info.size, info.mode = len(payload), 0o644
             archive.addfile(info, io.BytesIO(payload))
-        info = archive.gettarinfo(str(vmdk), arcname=vm.disk_file)
+        info = archive.gettarinfo(str(vmdk), arcname=system.disk_file)
         info.uid = info.gid = 0
         info.uname = info.gname = ""
         info.mtime = 0

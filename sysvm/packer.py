@@ -20,9 +20,9 @@ from sysvm.cache import hash_tree
 from sysvm.config import Config
 from sysvm.disk import FW_CFG_KEY, BaseDisk
 from sysvm.fsutil import remove_tree, scratch_dir, sha256_file
+from sysvm.process import run
 from sysvm.qemu import accelerator
 from sysvm.resources import resource
-from sysvm.run import run
 from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 

@@ -17,7 +17,7 @@ from sysvm import log, tools
 from sysvm.config import QemuMachine
 from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_write
-from sysvm.run import run, spawn
+from sysvm.process import run, spawn
 
 # A guest proves KVM works when its kernel prints its banner; a guest that hangs under nested KVM prints nothing.
 PROBE_MESSAGE = b"Linux version"
@@ -85,12 +85,12 @@ class Nic:
 
 @dataclass
 class VirtualMachine:
-    """One QEMU guest: a throwaway overlay disk, serial console in a file, guest agent on a socket."""
+    """One QEMU guest: a throwaway scratch disk over the image, serial console in a file, guest agent on a socket."""
 
     name: str
     disk: Path  # the image to boot (any format qemu reads); never written to
     disk_format: str
-    folder: Path  # where the overlay, sockets and console log live
+    folder: Path  # where the scratch disk, sockets and console log live
     machine: QemuMachine
     accel: str
     memory_mib: int
@@ -106,15 +106,19 @@ class VirtualMachine:
         return self.folder / f"{self.name}-serial.log"
 
     @property
+    def scratch_disk(self) -> Path:
+        return self.folder / f"{self.name}-scratch.qcow2"
+
+    @property
     def agent_socket(self) -> Path:
         return self.folder / f"{self.name}-qga.sock"
 
     def command(self) -> list[str]:
-        overlay = self.folder / f"{self.name}-overlay.qcow2"
+        scratch_disk = self.scratch_disk
         command = [self.machine.binary, "-name", self.name, "-machine", f"{self.machine.machine},accel={self.accel}",
                    "-m", str(self.memory_mib), "-smp", "1", "-nodefaults", "-display", "none",
                    "-serial", f"file:{self.console_log}",
-                   "-drive", f"file={overlay},format=qcow2,if=virtio,cache=unsafe",
+                   "-drive", f"file={scratch_disk},format=qcow2,if=virtio,cache=unsafe",
                    "-chardev", f"socket,id=qga0,path={self.agent_socket},server=on,wait=off",
                    "-device", "virtio-serial", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
         if self.accel == "kvm":
@@ -142,12 +146,12 @@ class VirtualMachine:
     def start(self) -> None:
         """Boot the VM; stop() (or leaving the `with` block) ends QEMU on every path."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        overlay = self.folder / f"{self.name}-overlay.qcow2"
-        overlay.unlink(missing_ok=True)
+        scratch_disk = self.scratch_disk
+        scratch_disk.unlink(missing_ok=True)
         self.agent_socket.unlink(missing_ok=True)
         self.console_log.unlink(missing_ok=True)
         size = [f"{self.disk_mib}M"] if self.disk_mib else []
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.disk_format, "-b", self.disk.resolve(), overlay,
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.disk_format, "-b", self.disk.resolve(), scratch_disk,
              *size])
         if any(nic.forward_ssh_to for nic in self.nics):
             self.ssh_port = free_port()
@@ -226,7 +230,7 @@ class VirtualMachine:
 
     def stop(self) -> None:
         self._owner.close()
-        (self.folder / f"{self.name}-overlay.qcow2").unlink(missing_ok=True)
+        self.scratch_disk.unlink(missing_ok=True)
         self.agent_socket.unlink(missing_ok=True)
 
 

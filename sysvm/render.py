@@ -1,4 +1,4 @@
-"""Render stage: Jinja2 templates plus static overlay layers become one overlay tree with a manifest."""
+"""Render stage: Jinja2 templates plus static overlay layers become one rendered tree with a manifest."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from sysvm.workspace import Workspace
 
 TEMPLATES = resource("templates")
 OVERLAYS = resource("overlays")
+TREE = "tree"  # the rendered tree's folder in the stage folder
 TEMPLATE_SUFFIX = ".j2"
 PARTIAL_SUFFIX = ".inc.j2"
 SSH_PORT = 3922
@@ -36,7 +37,7 @@ SIGNED_FOLDERS = ("opt/cloud", "root/health_checks", "usr/local/cloud/systemvm")
 
 
 @dataclass(frozen=True)
-class Overlay:
+class RenderedTree:
     key: str
     tree: Path
     manifest: Path
@@ -110,7 +111,7 @@ def render_inputs(config: Config) -> dict[str, object]:
     if baked:
         trees["cloudstack.scripts systemvm/debian/"] = [baked.debian]
         trees["cloudstack.scripts scripts/util/keystore-*"] = baked.keystore_scripts()
-    return {**context(config), "layers": layers(config), "overlay_layers": config.overlay_layers,
+    return {**context(config), "layers": layers(config), "overlay_layers": config.overlay_layers, "render.py TREE": TREE,
             "cloudstack.scripts": str(baked.root) if baked else "",
             **{name: hash_tree(*folders) for name, folders in trees.items()}}
 
@@ -191,18 +192,18 @@ def _manifest(tree: Path) -> list[dict[str, str]]:
     return entries
 
 
-def render(config: Config, workspace: Workspace, force: bool = False) -> Overlay:
+def render(config: Config, workspace: Workspace, force: bool = False) -> RenderedTree:
     stage = Stage.of(workspace, "render", render_inputs(config))
-    overlay = Overlay(stage.key, stage.folder / "overlay", stage.folder / "manifest.json")
-    if stage.reuse(overlay.manifest, force=force):
-        return overlay
+    rendered = RenderedTree(stage.key, stage.folder / TREE, stage.folder / "manifest.json")
+    if stage.reuse(rendered.manifest, force=force):
+        return rendered
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
     )
     values = context(config)
     with stage.building() as temporary:
-        tree = temporary / "overlay"
+        tree = temporary / TREE
         tree.mkdir()
         for layer in layers(config):
             _render_templates(environment, layer, values, tree)
@@ -216,5 +217,5 @@ def render(config: Config, workspace: Workspace, force: bool = False) -> Overlay
         document = {"key": stage.key, "release": config.debian.release, "layers": layers(config),
                     "files": _manifest(tree)}
         (temporary / "manifest.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
-    log.say(f"render: {len(overlay.entries())} files in {overlay.tree}")
-    return overlay
+    log.say(f"render: {len(rendered.entries())} files in {rendered.tree}")
+    return rendered

@@ -25,7 +25,7 @@ from pathlib import Path
 from sysvm import log, tools
 from sysvm.config import Config
 from sysvm.errors import SysvmError
-from sysvm.run import run
+from sysvm.process import run
 from sysvm.stage import Stage, as_recorded, earlier
 from sysvm.workspace import Workspace
 

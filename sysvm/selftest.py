@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sysvm.run import run
+from sysvm.process import run
 
 
 def run_tests(checkout: Path, quick: bool = False) -> int:

@@ -28,9 +28,9 @@ from sysvm.errors import SysvmError
 from sysvm.export import artifact_name
 from sysvm.fsutil import atomic_path, atomic_write
 from sysvm.kvmhost import ROUTER_ROLES, HostFiles, Remote, host_files, send_router_config, start_sequence
+from sysvm.process import run
 from sysvm.qemu import Nic, VirtualMachine, accelerator, nic_mac
 from sysvm.resources import resource
-from sysvm.run import run
 from sysvm.workspace import Workspace
 
 SUITES = resource("suites")

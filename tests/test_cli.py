@@ -67,7 +67,7 @@ def test_render_writes_output_in_the_current_directory(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     assert cli.main(["render"]) == 0
     tree = capsys.readouterr().out.strip().splitlines()[-1]
-    assert tree.startswith(f"{tmp_path}/output/build/render-") and tree.endswith("/overlay")
+    assert tree.startswith(f"{tmp_path}/output/build/render-") and tree.endswith("/tree")
     assert Path(tree, "opt/cloud/bin/get_template_version.sh").is_file()
 
 

@@ -79,7 +79,7 @@ class FakeSystem:
 
 
 @pytest.fixture(scope="module")
-def overlay_tree(tmp_path_factory) -> Path:
+def rendered_tree(tmp_path_factory) -> Path:
     from sysvm import config
     from sysvm.workspace import Workspace
 
@@ -87,9 +87,9 @@ def overlay_tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def declared(overlay_tree) -> dict[str, typing.Any]:
+def declared(rendered_tree) -> dict[str, typing.Any]:
     """Which services run in which role, as the image carries it (rendered from sysvm.yaml's services)."""
-    return json.loads((overlay_tree / DECLARATION).read_text())
+    return json.loads((rendered_tree / DECLARATION).read_text())
 
 
 @pytest.fixture
@@ -99,11 +99,11 @@ def system(declared) -> FakeSystem:
 
 
 @pytest.fixture
-def root(tmp_path, overlay_tree) -> Path:
+def root(tmp_path, rendered_tree) -> Path:
     import shutil
 
     target = tmp_path / "root"
-    shutil.copytree(overlay_tree, target, symlinks=True)
+    shutil.copytree(rendered_tree, target, symlinks=True)
     (target / "etc/passwd").write_text("root:x:0:0::/root:/bin/bash\ncloud:x:1000:1000::/home/cloud:/bin/bash\n")
     (target / "etc/hosts").write_text("127.0.0.1 localhost\n10.9.9.9 keep-me\n")
     return target

@@ -17,7 +17,7 @@ from sysvm import config, export, tools
 from sysvm.errors import SysvmError
 from sysvm.imageinfo import header_virtual_size
 from sysvm.overlay import FinalImage
-from sysvm.ovf import OVF_NS, VirtualMachine, descriptor
+from sysvm.ovf import OVF_NS, VirtualSystem, descriptor
 from sysvm.render import render
 from sysvm.rootfs import Rootfs
 from sysvm.stage import as_recorded, changes, key_of
@@ -196,14 +196,14 @@ def test_ova_layout_descriptor_and_manifest(provisioned, workspace):
 
 
 def test_descriptor_escapes_names():
-    text = descriptor(VirtualMachine("a&b", "a&b.vmdk", 10, MIB))
+    text = descriptor(VirtualSystem("a&b", "a&b.vmdk", 10, MIB))
     ElementTree.fromstring(text)
 
 
 def test_hardware_version_is_a_setting_for_older_esxi():
     ns = {"vssd": "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"}
     for version, expected in ((11, "vmx-11"), (7, "vmx-07"), (13, "vmx-13")):
-        envelope = ElementTree.fromstring(descriptor(VirtualMachine("v", "v.vmdk", 10, MIB, hardware_version=version)))
+        envelope = ElementTree.fromstring(descriptor(VirtualSystem("v", "v.vmdk", 10, MIB, hardware_version=version)))
         assert envelope.find(".//vssd:VirtualSystemType", ns).text == expected
     image = FinalImage("k" * 16, Path("systemvm.raw"))
     older = config.load(None, ["export.vmware_hardware_version=11"])

@@ -238,8 +238,8 @@ def host_values(folder: Path) -> dict[str, object]:
     from sysvm.workspace import Workspace
 
     tree = render(config.load(), Workspace(folder / "output")).tree
-    shutil.copytree(tree, folder / "sysvm/rendered-overlay", symlinks=True)
-    return {"overlay_tree": "/srv/" + folder.name + "/sysvm/rendered-overlay"}
+    shutil.copytree(tree, folder / "sysvm/rendered-tree", symlinks=True)
+    return {"rendered_tree": "/srv/" + folder.name + "/sysvm/rendered-tree"}
 
 
 def stage(folder: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sysvm import log
-from sysvm.run import run
+from sysvm.process import run
 
 
 class Records(logging.Handler):

@@ -12,7 +12,7 @@ from sysvm.disk import PARTITION_START
 from sysvm.errors import SysvmError
 from sysvm.overlay import ENABLED_UNITS, WANTS, apply_overlay
 from sysvm.packer import ProvisionedDisk
-from sysvm.render import Overlay
+from sysvm.render import RenderedTree
 
 
 def debugfs(image: Path, command: str) -> str:
@@ -38,8 +38,8 @@ def provisioned(tmp_path) -> ProvisionedDisk:
 
 
 @pytest.fixture
-def overlay(tmp_path) -> Overlay:
-    tree = tmp_path / "overlay"
+def rendered(tmp_path) -> RenderedTree:
+    tree = tmp_path / "tree"
     (tree / "etc/ssh").mkdir(parents=True)
     (tree / "etc/ssh/sshd_config").write_text("Port 3922\n")
     (tree / "etc/systemd/system").mkdir(parents=True)
@@ -52,11 +52,11 @@ def overlay(tmp_path) -> Overlay:
     (tree / "opt/cloud/bin/latest").symlink_to("run.sh")
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"files": []}))
-    return Overlay("o" * 16, tree, manifest)
+    return RenderedTree("o" * 16, tree, manifest)
 
 
-def test_overlay_is_written_into_the_filesystem(provisioned, overlay, workspace):
-    final = apply_overlay(provisioned, overlay, workspace)
+def test_the_rendered_tree_is_written_into_the_filesystem(provisioned, rendered, workspace):
+    final = apply_overlay(provisioned, rendered, workspace)
     image = final.image
     assert debugfs(image, "cat /etc/ssh/sshd_config") == "Port 3922\n"
     stat = debugfs(image, "stat /opt/cloud/bin/run.sh")
@@ -69,14 +69,14 @@ def test_overlay_is_written_into_the_filesystem(provisioned, overlay, workspace)
     assert sorted(p.name for p in image.parent.iterdir()) == ["inputs.json", "systemvm.raw"]
 
 
-def test_second_run_is_up_to_date_and_a_change_makes_a_new_image(provisioned, overlay, workspace):
-    first = apply_overlay(provisioned, overlay, workspace)
-    assert apply_overlay(provisioned, overlay, workspace) == first
-    changed = Overlay("c" * 16, overlay.tree, overlay.manifest)
+def test_second_run_is_up_to_date_and_a_change_makes_a_new_image(provisioned, rendered, workspace):
+    first = apply_overlay(provisioned, rendered, workspace)
+    assert apply_overlay(provisioned, rendered, workspace) == first
+    changed = RenderedTree("c" * 16, rendered.tree, rendered.manifest)
     assert apply_overlay(provisioned, changed, workspace).image != first.image
 
 
-def test_paths_with_spaces_are_refused(provisioned, overlay, workspace):
-    (overlay.tree / "etc/bad name").write_text("x")
+def test_paths_with_spaces_are_refused(provisioned, rendered, workspace):
+    (rendered.tree / "etc/bad name").write_text("x")
     with pytest.raises(SysvmError, match="must not contain white space"):
-        apply_overlay(provisioned, overlay, workspace)
+        apply_overlay(provisioned, rendered, workspace)

@@ -54,7 +54,7 @@ def test_the_installed_entry_points_render_an_overlay_from_another_directory(ins
     work = tmp_path / "elsewhere"
     work.mkdir()
     tree = Path(command(installed / "bin/sysvm", "render", cwd=work).stdout.strip().splitlines()[-1])
-    assert tree.parent.parent == work / "output/build" and tree.name == "overlay"
+    assert tree.parent.parent == work / "output/build" and tree.name == "tree"
     for path in ("opt/cloud/bin/get_template_version.sh",  # overlays/common
                  "opt/cloud/lib/cloud_setup/setup.py",
                  "etc/iptables/iptables-router",  # templates/common

@@ -18,9 +18,9 @@ ROLE_FILES = ["consoleproxy", "secstorage", "router", "vpcrouter", "default"]
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_every_release_renders_the_overlay(release, workspace):
-    overlay = render(config.load(None, [f"debian.release={release}"]), workspace)
-    tree = overlay.tree
+def test_every_release_renders_its_tree(release, workspace):
+    rendered = render(config.load(None, [f"debian.release={release}"]), workspace)
+    tree = rendered.tree
     for path in ["etc/ssh/sshd_config", "etc/cloudstack-release", "etc/systemd/system/cloud.service",
                  "etc/systemd/system/sysvm-setup.service", "etc/systemd/system/sysvm-handover.service", "usr/local/cloud/systemvm/_run.sh",
                  "usr/local/cloud/systemvm/conf/agent.properties", "usr/local/cloud/systemvm/conf/consoleproxy.properties",
@@ -30,7 +30,7 @@ def test_every_release_renders_the_overlay(release, workspace):
                  SIGNATURE_PATH, *(f"etc/iptables/iptables-{role}" for role in ROLE_FILES)]:
         assert (tree / path).is_file(), path
     assert (tree / "etc/cloudstack-release").read_text() == "Cloudstack Release 4.20.0\n"
-    modes = {entry["path"]: entry["mode"] for entry in overlay.entries() if entry["type"] == "file"}
+    modes = {entry["path"]: entry["mode"] for entry in rendered.entries() if entry["type"] == "file"}
     assert modes["/usr/local/cloud/systemvm/_run.sh"] == "0755"
     assert modes["/root/health_checks/dns_check.py"] == "0755"
     assert modes["/root/health_checks/utility.py"] == "0644"

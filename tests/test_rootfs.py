@@ -21,7 +21,7 @@ import pytest
 
 from sysvm import config, rootfs
 from sysvm.errors import SysvmError
-from sysvm.run import run
+from sysvm.process import run
 from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 from tests.terminal import messages

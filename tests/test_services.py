@@ -20,7 +20,7 @@ from cloud_setup.setup import Setup
 
 from sysvm import config, disk, packer, verify
 from sysvm.errors import SysvmError
-from sysvm.render import Overlay, render
+from sysvm.render import RenderedTree, render
 from sysvm.rootfs import Rootfs
 from sysvm.stage import changes
 from sysvm.workspace import Workspace
@@ -32,16 +32,16 @@ MANAGED_WITHOUT_RADVD = "services.managed=[cloud, apache2, dnsmasq, haproxy, kee
 SETUP_UNIT = "etc/systemd/system/sysvm-setup.service"
 
 
-def rendered(overrides: list[str], workspace: Workspace) -> tuple[config.Config, Overlay]:
+def rendered(overrides: list[str], workspace: Workspace) -> tuple[config.Config, RenderedTree]:
     loaded = config.load(None, overrides)
     return loaded, render(loaded, workspace)
 
 
-def boot_setup(overlay: Overlay, role: str, tmp_path: Path) -> FakeSystem:
+def boot_setup(rendered: RenderedTree, role: str, tmp_path: Path) -> FakeSystem:
     """The image's own setup for `role` on a copy of the rendered tree, on a system where every service
     that may depend on a role is enabled: what it leaves enabled is what the role runs."""
-    root = tmp_path / f"root-{overlay.key}-{role}"
-    shutil.copytree(overlay.tree, root, symlinks=True)
+    root = tmp_path / f"root-{rendered.key}-{role}"
+    shutil.copytree(rendered.tree, root, symlinks=True)
     system = FakeSystem(["cloud", "apache2", "dnsmasq", "haproxy", "keepalived", "conntrackd", "radvd",
                          "nfs-common"])
     Setup(Paths(root), parse(LINES[role]), "kvm", system).apply()
@@ -100,27 +100,27 @@ def the_suite() -> types.ModuleType:
 
 def test_disabling_a_role_service_changes_the_image_the_boot_setup_and_the_suites(tmp_path, monkeypatch):
     workspace = Workspace(tmp_path / "output")
-    default, default_overlay = rendered([], workspace)
-    changed, changed_overlay = rendered([ROUTER_WITHOUT_DNSMASQ], workspace)
+    default, default_tree = rendered([], workspace)
+    changed, changed_tree = rendered([ROUTER_WITHOUT_DNSMASQ], workspace)
 
     # The image: only the rendered declaration (and the scripts' signature, which covers it) differ.
-    assert changed_overlay.key != default_overlay.key
-    before = {entry["path"]: entry for entry in default_overlay.entries()}
-    after = {entry["path"]: entry for entry in changed_overlay.entries()}
+    assert changed_tree.key != default_tree.key
+    before = {entry["path"]: entry for entry in default_tree.entries()}
+    after = {entry["path"]: entry for entry in changed_tree.entries()}
     assert {path for path in before | after if before.get(path) != after.get(path)} == {
         f"/{DECLARATION}", "/var/cache/cloud/cloud-scripts-signature"}
-    assert json.loads((default_overlay.tree / DECLARATION).read_text())["roles"]["router"] == [
+    assert json.loads((default_tree.tree / DECLARATION).read_text())["roles"]["router"] == [
         "apache2", "dnsmasq", "haproxy"]
-    assert json.loads((changed_overlay.tree / DECLARATION).read_text())["roles"]["router"] == ["apache2", "haproxy"]
+    assert json.loads((changed_tree.tree / DECLARATION).read_text())["roles"]["router"] == ["apache2", "haproxy"]
 
     # The boot setup: the router no longer runs dnsmasq (turned off, as it was on); other roles are unchanged.
-    assert boot_setup(default_overlay, "router", tmp_path).enabled == {"apache2", "dnsmasq", "haproxy"}
-    router = boot_setup(changed_overlay, "router", tmp_path)
+    assert boot_setup(default_tree, "router", tmp_path).enabled == {"apache2", "dnsmasq", "haproxy"}
+    router = boot_setup(changed_tree, "router", tmp_path)
     assert router.enabled == {"apache2", "haproxy"}
     assert ["systemctl", "disable", "--no-reload", *(f"{s}.service" for s in
                                                     ("cloud", "conntrackd", "dnsmasq", "keepalived", "nfs-common",
                                                      "radvd"))] in router.calls
-    assert boot_setup(changed_overlay, "dhcpsrvr", tmp_path).enabled == {"apache2", "dnsmasq"}
+    assert boot_setup(changed_tree, "dhcpsrvr", tmp_path).enabled == {"apache2", "dnsmasq"}
 
     # The build: dnsmasq stays off at build as before (the role decides at boot), so the disk is not rebuilt.
     rootfs = Rootfs("rootfs-key", tmp_path / "rootfs.tar", tmp_path / "packages.txt")
@@ -141,8 +141,8 @@ def test_disabling_a_role_service_changes_the_image_the_boot_setup_and_the_suite
 
 def test_a_service_no_longer_managed_leaves_the_build_the_image_and_the_suites(tmp_path, monkeypatch):
     workspace = Workspace(tmp_path / "output")
-    default, default_overlay = rendered([], workspace)
-    changed, changed_overlay = rendered([MANAGED_WITHOUT_RADVD], workspace)
+    default, default_tree = rendered([], workspace)
+    changed, changed_tree = rendered([MANAGED_WITHOUT_RADVD], workspace)
 
     # The disk stage disables it no more, so its key changes; Packer no longer checks it.
     assert "radvd.service" in disk.units_disabled(default)
@@ -165,10 +165,10 @@ def test_a_service_no_longer_managed_leaves_the_build_the_image_and_the_suites(t
 
     # The image: the setup unit is no longer ordered before it, and the setup neither asks about it nor
     # turns it off.
-    assert "radvd.service" in (default_overlay.tree / SETUP_UNIT).read_text()
-    assert "radvd.service" not in (changed_overlay.tree / SETUP_UNIT).read_text()
-    assert "nfs-common.service" in (changed_overlay.tree / SETUP_UNIT).read_text()
-    router = boot_setup(changed_overlay, "router", tmp_path)
+    assert "radvd.service" in (default_tree.tree / SETUP_UNIT).read_text()
+    assert "radvd.service" not in (changed_tree.tree / SETUP_UNIT).read_text()
+    assert "nfs-common.service" in (changed_tree.tree / SETUP_UNIT).read_text()
+    router = boot_setup(changed_tree, "router", tmp_path)
     assert "radvd" in router.enabled
     assert not [call for call in router.calls if call[0] == "systemctl" and "radvd.service" in call]
 

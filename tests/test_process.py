@@ -16,7 +16,7 @@ import pytest
 
 from sysvm import log
 from sysvm.errors import SysvmError
-from sysvm.run import end_children, run, spawn
+from sysvm.process import end_children, run, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,7 +107,7 @@ def test_no_child_outlives_sysvm(tmp_path, how):
     runner = _runner(tmp_path, f"""
         from pathlib import Path
         from sysvm.cli import guarded
-        from sysvm.run import spawn
+        from sysvm.process import spawn
 
         def work():
             with spawn(["sleep", "300"]) as process:
