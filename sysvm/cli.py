@@ -70,18 +70,23 @@ HELP = {
 # ----------------------------------------------------------------------------------------------- commands
 
 
+def _configured(config_file: str, overrides: Sequence[str]) -> tuple[Config, Workspace]:
+    config = load_config(config_file, overrides)
+    return config, Workspace.of(config)
+
+
 def render(config_file: str, overrides: Sequence[str], force: bool = False) -> None:
     """Render templates and overlay layers into output/build/render-<key>/tree."""
     from sysvm.build import render_only
 
-    guarded(lambda: print(render_only(load_config(config_file, overrides), Workspace(), force)))
+    guarded(lambda: print(render_only(*_configured(config_file, overrides), force)))
 
 
 def build(config_file: str, overrides: Sequence[str], force: bool = False) -> None:
     """Build the template: rootfs, disk, Packer provisioning and one artifact per hypervisor."""
     from sysvm.build import build as run_build
 
-    guarded(lambda: run_build(load_config(config_file, overrides), Workspace(), force))
+    guarded(lambda: run_build(*_configured(config_file, overrides), force))
 
 
 def verify(config_file: str, overrides: Sequence[str], artifact: str = "", roles: Sequence[str] = (),
@@ -89,8 +94,7 @@ def verify(config_file: str, overrides: Sequence[str], artifact: str = "", roles
     """Boot artifacts in QEMU and test each role with testinfra; writes JUnit XML under output/verify."""
     from sysvm.verify import verify as run_verify
 
-    guarded(lambda: run_verify(load_config(config_file, overrides), Workspace(), artifact, list(roles), hypervisor,
-                               cloudstack))
+    guarded(lambda: run_verify(*_configured(config_file, overrides), artifact, list(roles), hypervisor, cloudstack))
 
 
 def seed(arguments: Sequence[str]) -> int:
@@ -104,7 +108,7 @@ def bench(config_file: str, overrides: Sequence[str]) -> None:
     """Cold build, no-change rebuild, overlay-only rebuild and verify; results in output/bench.json."""
     from sysvm.bench import bench as run_bench
 
-    guarded(lambda: run_bench(load_config(config_file, overrides), Workspace()))
+    guarded(lambda: run_bench(*_configured(config_file, overrides)))
 
 
 def matrix(config_file: str, overrides: Sequence[str], releases: Sequence[str], cloudstack: str = "") -> None:

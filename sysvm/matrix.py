@@ -28,7 +28,7 @@ def matrix(config_file: str, overrides: Sequence[str], releases: Sequence[str], 
     configs = {release: load_config(config_file, [*overrides, f"debian.release={release}"]) for release in releases}
     rows = []
     for release, config in configs.items():
-        workspace = Workspace(variant=release)
+        workspace = Workspace.of(config, variant=release)
         row: dict[str, object] = {"release": release, "artifacts": str(workspace.artifacts)}
         log.say(f"matrix: {release}")
         try:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sysvm.config import Config
 
 
 @dataclass(frozen=True)
@@ -15,6 +19,17 @@ class Workspace:
     # children started elsewhere (pytest in verify/) get the same paths.
     root: Path = field(default_factory=lambda: Path.cwd() / "output")
     variant: str = ""
+
+    @classmethod
+    def of(cls, config: Config, variant: str = "") -> Workspace:
+        """The workspace of a configuration: an image of another architecture than the host's keeps its own
+        artifacts, verify results and logs (output/artifacts-arm64/), so a cross build never replaces the
+        host's artifacts, and the two sets can be published side by side."""
+        from sysvm.tools import host_architecture
+
+        architecture = config.debian.architecture
+        parts = [variant, architecture if architecture != host_architecture() else ""]
+        return cls(variant="-".join(part for part in parts if part))
 
     def _own(self, name: str) -> Path:
         return self.root / (f"{name}-{self.variant}" if self.variant else name)

@@ -54,3 +54,15 @@ def test_the_next_build_removes_what_a_killed_build_left_and_keeps_a_running_bui
         assert not (workspace.artifacts / "build-report.json").exists()
     assert sorted(workspace.remove_leftovers()) == sorted(running_paths)  # killed on the way out of `holder`
     assert workspace.remove_leftovers() == []
+
+
+def test_a_cross_built_architecture_keeps_its_own_artifacts_beside_the_hosts(monkeypatch):
+    from sysvm import config, tools
+    from sysvm.workspace import Workspace
+
+    monkeypatch.setattr(tools, "host_architecture", lambda: "amd64")
+    native, cross = config.load(), config.load(None, ["debian.architecture=arm64"])
+    assert Workspace.of(native).artifacts.name == "artifacts"
+    assert Workspace.of(cross).artifacts.name == "artifacts-arm64"
+    assert Workspace.of(cross, variant="trixie").logs.name == "logs-trixie-arm64"
+    assert Workspace.of(cross).build == Workspace.of(native).build  # stage folders are shared: keys differ
