@@ -1,0 +1,38 @@
+"""sysvm/hypervisors.py is the one table of hypervisor names and facts: every module reads it, none keeps its own."""
+
+from __future__ import annotations
+
+import configparser
+
+import pytest
+
+from sysvm import config, export, metadata
+from sysvm.errors import SysvmError
+from sysvm.hypervisors import ARTIFACTS, BY_CLOUDSTACK_NAME, HYPERVISORS
+
+CLOUDSTACK_ONLY = sorted(set(BY_CLOUDSTACK_NAME) - set(ARTIFACTS))  # xenserver, lxc, ovm3
+
+
+def test_configuration_accepts_exactly_sysvm_names():
+    # The defaults build for every artifact the table has.
+    assert set(config.load(None, []).arch.hypervisors) == set(ARTIFACTS)
+    assert config.load(None, [f"export.hypervisors=[{', '.join(ARTIFACTS)}]"]).hypervisors == list(ARTIFACTS)
+    for name in CLOUDSTACK_ONLY:
+        with pytest.raises(SysvmError, match=f"unknown hypervisor '{name}' \\(expected one of: "
+                                             f"{', '.join(ARTIFACTS)}\\)"):
+            config.load(None, [f"export.hypervisors=[{name}]"])
+
+
+def test_metadata_sections_and_guest_os_come_from_the_table():
+    cfg = config.load(None, ["cloudstack.version=4.22.0", f"export.hypervisors=[{', '.join(ARTIFACTS)}]"])
+    names = {name: export.artifact_name(cfg, name) for name in ARTIFACTS}
+    made = metadata.render(cfg, names, {name: {"md5": "m", "sha512": "s"} for name in ARTIFACTS})
+    assert made is not None
+    parsed = configparser.ConfigParser()
+    parsed.read_string(made.text)
+    sections = [f"{h.cloudstack}-x86_64" if h.cloudstack == "kvm" else h.cloudstack for h in HYPERVISORS]
+    assert made.sections == ["default", *sections]
+    for hypervisor, section in zip(HYPERVISORS, sections, strict=True):
+        assert parsed[section]["filename"] == names[hypervisor.artifact.name]
+        assert parsed[section]["templatename"] == f"systemvm-{hypervisor.cloudstack}-4.22.0-x86_64"
+        assert (parsed[section]["guestos"] == metadata.OTHER_LINUX_GUEST_OS) == hypervisor.other_linux
