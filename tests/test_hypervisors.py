@@ -11,6 +11,15 @@ from sysvm.errors import SysvmError
 from sysvm.hypervisors import ARTIFACTS, BY_CLOUDSTACK_NAME, HYPERVISORS
 
 CLOUDSTACK_ONLY = sorted(set(BY_CLOUDSTACK_NAME) - set(ARTIFACTS))  # xenserver, lxc, ovm3
+SYSVM_ONLY = sorted(set(ARTIFACTS) - set(BY_CLOUDSTACK_NAME))  # xen, ovm
+
+
+def test_every_artifact_gets_its_own_file_name_from_the_table():
+    assert CLOUDSTACK_ONLY and SYSVM_ONLY  # the two sets of names differ: the reason for the table
+    cfg = config.load(None, [])
+    names = {made: export.artifact_name(cfg, made.name) for made in ARTIFACTS.values()}
+    assert len(set(names.values())) == len(names)
+    assert all(name.endswith(f"-{made.name}.{made.extension}") for made, name in names.items())
 
 
 def test_configuration_accepts_exactly_sysvm_names():

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sysvm import config, export, metadata
+from sysvm.hypervisors import ARTIFACTS
 
 CLOUDSTACK_GIT = os.environ.get("SYSVM_CLOUDSTACK_GIT", "")
 # A commit of templateConfig.sh for each layout in sysvm.yaml, with a version that layout applies to.
@@ -36,7 +37,7 @@ def fake_digests(hypervisors: typing.Iterable[str]) -> dict[str, dict[str, str]]
 
 def render(overrides: list[str], hypervisors: typing.Iterable[str]) -> metadata.Metadata | None:
     cfg = config.load(None, overrides)
-    names = {h: export.artifact_name(cfg, h) for h in export.EXTENSIONS}
+    names = {h: export.artifact_name(cfg, h) for h in ARTIFACTS}
     return metadata.render(cfg, names, fake_digests(hypervisors))
 
 
@@ -225,7 +226,7 @@ def _without_section(text: str, section: str) -> str:
 def test_same_as_upstream_templateconfig(commit, version, built, tmp_path):
     script = _upstream_script(commit, tmp_path)
     cfg = config.load(None, [f"cloudstack.version={version}", f"export.hypervisors=[{', '.join(built)}]"])
-    names = {h: export.artifact_name(cfg, h) for h in export.EXTENSIONS}
+    names = {h: export.artifact_name(cfg, h) for h in ARTIFACTS}
     digests = fake_digests(built)
     ours = metadata.render(cfg, names, digests)
     assert ours is not None
