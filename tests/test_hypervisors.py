@@ -6,7 +6,7 @@ import configparser
 
 import pytest
 
-from sysvm import config, export, metadata
+from sysvm import config, export, metadata, seed
 from sysvm.errors import SysvmError
 from sysvm.hypervisors import ARTIFACTS, BY_CLOUDSTACK_NAME, HYPERVISORS
 
@@ -45,3 +45,17 @@ def test_metadata_sections_and_guest_os_come_from_the_table():
         assert parsed[section]["filename"] == names[hypervisor.artifact.name]
         assert parsed[section]["templatename"] == f"systemvm-{hypervisor.cloudstack}-4.22.0-x86_64"
         assert (parsed[section]["guestos"] == metadata.OTHER_LINUX_GUEST_OS) == hypervisor.other_linux
+
+
+def test_seeding_accepts_exactly_cloudstack_names(tmp_path, capsys):
+    missing = tmp_path / "not-mounted"
+    for name in BY_CLOUDSTACK_NAME:
+        # Past the -h check: the run stops at the mount point.
+        assert seed.main(["-m", str(missing), "-f", "t", "-h", name.upper(), "-t", "1"]) == 2
+        assert f"mount point {missing} doesn't exist" in capsys.readouterr().err
+    for name in SYSVM_ONLY:
+        assert seed.main(["-m", str(missing), "-f", "t", "-h", name, "-t", "1"]) == 2
+        assert (f"-h {name}: unknown hypervisor (expected one of: {', '.join(BY_CLOUDSTACK_NAME)})"
+                in capsys.readouterr().err)
+    assert {hypervisor.seeded_extension for hypervisor in HYPERVISORS} <= set(seed.ACCEPTED_EXTENSIONS)
+    assert "|".join(BY_CLOUDSTACK_NAME) in " ".join(seed.parser().format_help().split())
