@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import configparser
+from pathlib import Path
 
 import pytest
 
-from sysvm import config, export, metadata, seed
+from sysvm import cli, config, export, metadata, seed
 from sysvm.errors import SysvmError
 from sysvm.hypervisors import ARTIFACTS, BY_CLOUDSTACK_NAME, HYPERVISORS
+from sysvm.verify import unpack_artifact
 
 CLOUDSTACK_ONLY = sorted(set(BY_CLOUDSTACK_NAME) - set(ARTIFACTS))  # xenserver, lxc, ovm3
 SYSVM_ONLY = sorted(set(ARTIFACTS) - set(BY_CLOUDSTACK_NAME))  # xen, ovm
@@ -59,3 +61,13 @@ def test_seeding_accepts_exactly_cloudstack_names(tmp_path, capsys):
                 in capsys.readouterr().err)
     assert {hypervisor.seeded_extension for hypervisor in HYPERVISORS} <= set(seed.ACCEPTED_EXTENSIONS)
     assert "|".join(BY_CLOUDSTACK_NAME) in " ".join(seed.parser().format_help().split())
+
+
+def test_verify_knows_every_artifact_format_and_lists_every_name():
+    with pytest.raises(SysvmError) as raised:
+        unpack_artifact(Path("t.tar"), Path("unused"))
+    assert str(raised.value).endswith(f"(expected {', '.join(f'.{made.extension}' for made in ARTIFACTS.values())})")
+    for made in ARTIFACTS.values():
+        assert unpack_artifact(Path(f"t.{made.disk_extension}"), Path("unused")) == (
+            Path(f"t.{made.disk_extension}"), made.disk_format)
+    assert cli.HELP["hypervisor"].startswith(f"{', '.join(ARTIFACTS)}:")
