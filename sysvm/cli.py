@@ -16,6 +16,7 @@ from typing import TypeVar
 from sysvm import config as config_module
 from sysvm.config import Config
 from sysvm.errors import SysvmError
+from sysvm.hypervisors import ARTIFACTS
 from sysvm.process import end_children
 from sysvm.workspace import Workspace
 
@@ -58,7 +59,7 @@ HELP = {
     "force": "rebuild even when the stage is up to date",
     "artifact": "artifact to boot (default: the KVM artifact of this configuration)",
     "role": "role to verify (repeatable; default: verify.roles)",
-    "hypervisor": "kvm, xen, vmware or hyperv: boot that artifact (only KVM gets role tests)",
+    "hypervisor": f"{', '.join(ARTIFACTS)}: boot that artifact (only KVM gets role tests)",
     "cloudstack": "a CloudStack source tree: start each role as a 4.17+ host does, with its scripts",
     "release": "a Debian release to build and verify (repeatable), e.g. --release bookworm --release trixie",
     "matrix_cloudstack": "a CloudStack source tree: also start each role as a 4.17+ host does, with its scripts",

@@ -19,7 +19,8 @@ import yaml
 
 from sysvm.cloudstack import locate
 from sysvm.errors import SysvmError
-from sysvm.metadata import METADATA_KEYS, TEMPLATES, applying
+from sysvm.hypervisors import ARTIFACTS, BY_CLOUDSTACK_NAME
+from sysvm.metadata import METADATA_KEYS, applying
 from sysvm.resources import resource
 
 DEFAULTS_FILE = resource("sysvm.yaml")
@@ -30,7 +31,6 @@ KNOWN_ROLES = ("consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr")
 SETUP_ONLY_ROLES = ("ilbvm", "elbvm")
 SERVICE_NAME = r"[A-Za-z0-9][A-Za-z0-9@_.:-]*"  # a systemd service name, without ".service"
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
-KNOWN_HYPERVISORS = ("kvm", "xen", "vmware", "hyperv", "ovm")
 KNOWN_RELEASES = ("buster", "bullseye", "bookworm", "trixie")
 VERSION_PATTERN = r"\d+\.\d+\.\d+(\.\d+)?"  # a CloudStack version: 4.20.0, or 4.19.0.1 for a security release
 # The virtual hardware versions an OVA may ask for: 7 (ESX/ESXi 4.0) to 22 (ESXi 9.0).
@@ -427,8 +427,8 @@ def _validate(config: Config, origins: Origins) -> None:
           f"unknown architecture {config.debian.architecture!r} (expected one of: {', '.join(config.architectures)})")
     for name, arch in config.architectures.items():
         for index, hypervisor in enumerate(arch.hypervisors):
-            check(hypervisor in KNOWN_HYPERVISORS, ("architectures", name, "hypervisors", str(index)),
-                  f"unknown hypervisor {hypervisor!r} (expected one of: {', '.join(KNOWN_HYPERVISORS)})")
+            check(hypervisor in ARTIFACTS, ("architectures", name, "hypervisors", str(index)),
+                  f"unknown hypervisor {hypervisor!r} (expected one of: {', '.join(ARTIFACTS)})")
     check(config.debian.max_rootfs_age_days >= 0, ("debian", "max_rootfs_age_days"),
           f"expected 0 or more days, got {config.debian.max_rootfs_age_days}")
     for index, role in enumerate(config.roles):
@@ -442,8 +442,8 @@ def _validate(config: Config, origins: Origins) -> None:
         check(role in config.roles, ("verify", "roles", str(index)),
               f"role {role!r} is not in roles ({', '.join(config.roles)})")
     for index, hypervisor in enumerate(config.export.hypervisors):
-        check(hypervisor in KNOWN_HYPERVISORS, ("export", "hypervisors", str(index)),
-              f"unknown hypervisor {hypervisor!r} (expected one of: {', '.join(KNOWN_HYPERVISORS)})")
+        check(hypervisor in ARTIFACTS, ("export", "hypervisors", str(index)),
+              f"unknown hypervisor {hypervisor!r} (expected one of: {', '.join(ARTIFACTS)})")
     check(bool(config.hypervisors), ("export", "hypervisors"),
           f"none of them is built for {config.debian.architecture} "
           f"(architectures.{config.debian.architecture}.hypervisors: {', '.join(config.arch.hypervisors)})")
@@ -545,7 +545,6 @@ def _validate_export(config: Config, check: typing.Callable[[bool, tuple[str, ..
           f"expected a VMware virtual hardware version from {VMWARE_HARDWARE_VERSIONS.start} to "
           f"{VMWARE_HARDWARE_VERSIONS.stop - 1}, got {export.vmware_hardware_version}")
     check_versions(export.metadata_formats, "metadata_formats")
-    cloudstack_names = [template.cloudstack for template in TEMPLATES]
     for index, layout in enumerate(export.metadata_formats):
         path = ("export", "metadata_formats", str(index))
         check(_placeholders_ok(layout.templatename, {"hypervisor": "h", "version": "v", "arch": "a"}),
@@ -555,5 +554,5 @@ def _validate_export(config: Config, check: typing.Callable[[bool, tuple[str, ..
                   f"unknown key {key!r} (expected one of: {', '.join(METADATA_KEYS)})")
         check(len(set(layout.keys)) == len(layout.keys), (*path, "keys"), "a key is listed twice")
         for position, name in enumerate(layout.arch_sections):
-            check(name in cloudstack_names, (*path, "arch_sections", str(position)),
-                  f"unknown CloudStack hypervisor {name!r} (expected one of: {', '.join(cloudstack_names)})")
+            check(name in BY_CLOUDSTACK_NAME, (*path, "arch_sections", str(position)),
+                  f"unknown CloudStack hypervisor {name!r} (expected one of: {', '.join(BY_CLOUDSTACK_NAME)})")

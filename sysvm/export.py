@@ -14,6 +14,7 @@ from sysvm import log, metadata
 from sysvm.cloudstack import locate
 from sysvm.config import Config
 from sysvm.fsutil import atomic_write, hash_file, remove_tree, scratch_dir
+from sysvm.hypervisors import ARTIFACTS
 from sysvm.overlay import FinalImage
 from sysvm.ovf import write_ova
 from sysvm.process import output, run
@@ -22,7 +23,6 @@ from sysvm.rootfs import Rootfs
 from sysvm.stage import as_recorded, key_of, reason
 from sysvm.workspace import Workspace
 
-EXTENSIONS = {"kvm": "qcow2.bz2", "xen": "vhd.bz2", "vmware": "ova", "hyperv": "vhd.zip", "ovm": "raw.bz2"}
 REPORT = "build-report.json"
 CHECKSUM_FILES = {"md5": "md5sum.txt", "sha512": "sha512sum.txt"}
 PACKAGES = "packages.txt"
@@ -43,7 +43,7 @@ def name_pattern(config: Config) -> str:
 def artifact_name(config: Config, hypervisor: str) -> str:
     stem = name_pattern(config).format(version=config.cloudstack.version, hypervisor=hypervisor,
                                        arch=config.arch.cloudstack_name)
-    return f"{stem}.{EXTENSIONS[hypervisor]}"
+    return f"{stem}.{ARTIFACTS[hypervisor].extension}"
 
 
 def render_metadata(config: Config, artifacts: dict[str, dict[str, object]]) -> metadata.Metadata | None:
@@ -51,7 +51,7 @@ def render_metadata(config: Config, artifacts: dict[str, dict[str, object]]) -> 
     digests = {str(info["hypervisor"]): {"md5": str(info["md5"]), "sha512": str(info["sha512"])}
                for info in artifacts.values()}
     # Every hypervisor's name, built or not: some layouts list templates that were not built.
-    names = {hypervisor: artifact_name(config, hypervisor) for hypervisor in EXTENSIONS}
+    names = {hypervisor: artifact_name(config, hypervisor) for hypervisor in ARTIFACTS}
     return metadata.render(config, names, digests)
 
 
@@ -70,36 +70,28 @@ def _source_format(image: Path) -> str:
 
 def _convert(source: Path, destination: Path, fmt: str, options: str) -> None:
     log.step(f"converting to {fmt}")
-    run(["qemu-img", "convert", "-f", _source_format(source), "-O", fmt, "-o", options, source, destination])
+    run(["qemu-img", "convert", "-f", _source_format(source), "-O", fmt, *(["-o", options] if options else []),
+         source, destination])
 
 
 def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, threads: int) -> Path:
+    made = ARTIFACTS[hypervisor]
     name = artifact_name(config, hypervisor)
     target = staging / name
     work = staging / f"work-{hypervisor}"
     work.mkdir()
-    if hypervisor == "kvm":
-        # compat=0.10 so that old KVM hosts read the image, as upstream publishes it.
-        _convert(image, work / "disk.qcow2", "qcow2", "compat=0.10")
-        _compress_bz2(work / "disk.qcow2", target, threads)
-    elif hypervisor == "xen":
-        _convert(image, work / "disk.vhd", "vpc", "subformat=dynamic,force_size=on")
-        _compress_bz2(work / "disk.vhd", target, threads)
-    elif hypervisor == "hyperv":
-        _convert(image, work / "disk.vhd", "vpc", "subformat=dynamic,force_size=on")
-        inner = name.removesuffix(".zip")
+    disk = work / f"disk.{made.disk_extension}"
+    _convert(image, disk, made.disk_format, made.convert_options)
+    if made.packing == "bz2":
+        _compress_bz2(disk, target, threads)
+    elif made.packing == "zip":
         log.step("compressing (zip)")
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
-            archive.write(work / "disk.vhd", arcname=inner)
-    elif hypervisor == "vmware":
-        _convert(image, work / "disk.vmdk", "vmdk", "subformat=streamOptimized")
+            archive.write(disk, arcname=name.removesuffix(".zip"))
+    else:
         log.step("writing the OVA")
-        write_ova(target, name.removesuffix(".ova"), work / "disk.vmdk", qemu_virtual_size(image),
+        write_ova(target, name.removesuffix(".ova"), disk, qemu_virtual_size(image),
                   config.export.vmware_hardware_version)
-    else:  # ovm: OVM3 takes a raw image
-        log.step("converting to raw")
-        run(["qemu-img", "convert", "-f", _source_format(image), "-O", "raw", image, work / "disk.raw"])
-        _compress_bz2(work / "disk.raw", target, threads)
     remove_tree(work)
     return target
 

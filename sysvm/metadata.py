@@ -1,4 +1,4 @@
-"""CloudStack's names for what sysvm builds, and the metadata.ini its management server registers them from.
+"""The metadata.ini CloudStack's management server registers the system VM templates from.
 
 CloudStack's build writes metadata.ini with engine/schema/templateConfig.sh; the management server reads
 it at start-up (SystemVmTemplateRegistration) to name, download and checksum the system VM templates it
@@ -12,6 +12,8 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from sysvm.hypervisors import HYPERVISORS
 
 if TYPE_CHECKING:
     from sysvm.config import Config
@@ -28,27 +30,6 @@ METADATA_KEYS = ("templatename", "checksum", "downloadurl", "filename", "arch", 
 # is built from, except where the hypervisor's own catalogue has no Debian entry (VMware, XenServer).
 DEBIAN_GUEST_OS = "Debian GNU/Linux {number} (64-bit)"
 OTHER_LINUX_GUEST_OS = "Other Linux (64-bit)"
-
-
-@dataclass(frozen=True)
-class Template:
-    """One system VM template as CloudStack knows it, and the sysvm artifact that provides it."""
-
-    cloudstack: str  # CloudStack's hypervisor name, lower case: section name, templatename, seeding's -h
-    artifact: str  # sysvm's hypervisor name (export.hypervisors; "{hypervisor}" in artifact names)
-    other_linux: bool = False  # registered as "Other Linux (64-bit)" rather than as Debian
-
-
-# The one table between sysvm's hypervisor names and CloudStack's, in templateConfig.sh's section order.
-# LXC has no artifact of its own: CloudStack runs the KVM image for it.
-TEMPLATES = (
-    Template("kvm", "kvm"),
-    Template("vmware", "vmware", other_linux=True),
-    Template("xenserver", "xen", other_linux=True),
-    Template("hyperv", "hyperv"),
-    Template("lxc", "kvm"),
-    Template("ovm3", "ovm"),
-)
 
 
 def version_key(version: str) -> tuple[int, int, int, int]:
@@ -100,26 +81,26 @@ def render(config: Config, names: Mapping[str, str], digests: Mapping[str, Mappi
     # [default] included, ends with an empty line.
     lines = ["", "[default]", f"version = {version}.{security}", ""]
     sections = ["default"]
-    for template in TEMPLATES:
-        if template.cloudstack in layout.arch_sections:
-            section = f"{template.cloudstack}-{arch}"
+    for hypervisor in HYPERVISORS:
+        if hypervisor.cloudstack in layout.arch_sections:
+            section = f"{hypervisor.cloudstack}-{arch}"
         elif arch == SECTION_DEFAULT_ARCH:
-            section = template.cloudstack
+            section = hypervisor.cloudstack
         else:
             continue  # the section would register this image as an x86_64 template
-        built = digests.get(template.artifact)
+        built = digests.get(hypervisor.artifact.name)
         if built is None and not layout.every_section:
             continue
         # A template not built keeps its section where the reader needs every one, with an empty
         # checksum: what templateConfig.sh writes for a file missing from the checksum list.
-        filename = names[template.artifact]
+        filename = names[hypervisor.artifact.name]
         values = {
-            "templatename": layout.templatename.format(hypervisor=template.cloudstack, version=version, arch=arch),
+            "templatename": layout.templatename.format(hypervisor=hypervisor.cloudstack, version=version, arch=arch),
             "checksum": built[layout.checksum] if built is not None else "",
             "downloadurl": base + filename,
             "filename": filename,
             "arch": arch,
-            "guestos": (OTHER_LINUX_GUEST_OS if template.other_linux
+            "guestos": (OTHER_LINUX_GUEST_OS if hypervisor.other_linux
                         else DEBIAN_GUEST_OS.format(number=config.release.number)),
         }
         lines += [f"[{section}]", *(f"{key} = {values[key]}" for key in layout.keys), ""]

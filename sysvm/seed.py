@@ -42,15 +42,15 @@ from typing import BinaryIO
 from sysvm.cloudcrypt import decrypt, enclosed
 from sysvm.errors import SysvmError
 from sysvm.fsutil import remove_tree
+from sysvm.hypervisors import BY_CLOUDSTACK_NAME, HYPERVISORS
 from sysvm.imageinfo import header_virtual_size
 
 EXIT_NO_SPACE = 4
 EXIT_FAILURE = 2
 REQUIRED_FREE_KB = 2_120_000
 DB_PROPERTIES = Path("/etc/cloudstack/management/db.properties")
-EXTENSIONS = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova", "hyperv": "vhd", "ovm3": "raw", "lxc": "qcow2"}
-HYPERVISOR_TYPES = {"kvm": "KVM", "xenserver": "XenServer", "vmware": "VMware", "hyperv": "Hyperv",
-                    "ovm3": "Ovm3", "lxc": "LXC"}
+# What -e may say: an extension some hypervisor's image is seeded with, or a bare VMDK.
+ACCEPTED_EXTENSIONS = (*dict.fromkeys(hypervisor.seeded_extension for hypervisor in HYPERVISORS), "vmdk")
 CHUNK = 1 << 20
 # Names in template/tmpl/1/ besides the <id> folders; all hidden, all gone after a run that completes.
 LOCK_NAME = ".sysvm-seed.lock"
@@ -80,10 +80,11 @@ def parser() -> argparse.ArgumentParser:
     source = options.add_mutually_exclusive_group()
     source.add_argument("-f", dest="file", metavar="FILE", help="system VM template file")
     source.add_argument("-u", dest="url", metavar="URL", help="URL of the template (http, https, file)")
-    options.add_argument("-h", dest="hypervisor", metavar="HYPERVISOR", help="|".join(EXTENSIONS))
+    options.add_argument("-h", dest="hypervisor", metavar="HYPERVISOR", help="|".join(BY_CLOUDSTACK_NAME))
     options.add_argument("-t", dest="template_id", metavar="ID", type=int, help="template id (else from the database)")
     options.add_argument("-F", dest="force", action="store_true", help="replace an existing template")
-    options.add_argument("-e", dest="extension", metavar="EXT", help="template file extension (vhd, ova, qcow2, raw)")
+    options.add_argument("-e", dest="extension", metavar="EXT",
+                         help=f"template file extension ({', '.join(ACCEPTED_EXTENSIONS)})")
     options.add_argument("-o", dest="db_host", metavar="HOST", help="database host")
     options.add_argument("-r", dest="db_user", metavar="USER", help="database user")
     options.add_argument("-d", dest="db_password", metavar="PASSWORD", help="database password")
@@ -189,15 +190,16 @@ def connect(database: Database) -> Iterator[object]:
 def template_id_from_database(database: Database, hypervisor: str) -> int:
     import pymysql
 
+    hypervisor_type = BY_CLOUDSTACK_NAME[hypervisor].hypervisor_type
     with connect(database) as connection, connection.cursor() as cursor:  # type: ignore[attr-defined]
         try:
             cursor.execute("SELECT MAX(id) FROM vm_template WHERE type = 'SYSTEM' AND hypervisor_type = %s "
-                           "AND removed IS NULL", (HYPERVISOR_TYPES[hypervisor],))
+                           "AND removed IS NULL", (hypervisor_type,))
         except pymysql.MySQLError as error:
             raise SysvmError(f"cannot read cloud.vm_template: {error.args[-1]}") from error
         row = cursor.fetchone()
     if not row or row[0] is None:
-        raise SysvmError(f"Unable to get template Id from database: no SYSTEM template for {HYPERVISOR_TYPES[hypervisor]}")
+        raise SysvmError(f"Unable to get template Id from database: no SYSTEM template for {hypervisor_type}")
     return int(row[0])
 
 
@@ -644,17 +646,17 @@ def install(args: argparse.Namespace) -> str:
     if not args.mount or not (args.file or args.url) or not args.hypervisor:
         raise SysvmError("-m and -f (or -u) and -h are required (see --help)")
     hypervisor = args.hypervisor.lower()
-    if hypervisor not in EXTENSIONS:
-        raise SysvmError(f"-h {args.hypervisor}: unknown hypervisor (expected one of: {', '.join(EXTENSIONS)})")
+    if hypervisor not in BY_CLOUDSTACK_NAME:
+        raise SysvmError(f"-h {args.hypervisor}: unknown hypervisor (expected one of: {', '.join(BY_CLOUDSTACK_NAME)})")
     mount = Path(args.mount)
     if not mount.is_dir():
         raise SysvmError(f"mount point {mount} doesn't exist")
     source = Path(args.file) if args.file else None
     if source is not None and not source.is_file():
         raise SysvmError(f"template image file {source} doesn't exist")
-    extension = args.extension or EXTENSIONS[hypervisor]
-    if extension not in ("qcow2", "vhd", "ova", "raw", "vmdk"):
-        raise SysvmError(f"-e {extension}: unknown extension (expected qcow2, vhd, ova, raw or vmdk)")
+    extension = args.extension or BY_CLOUDSTACK_NAME[hypervisor].seeded_extension
+    if extension not in ACCEPTED_EXTENSIONS:
+        raise SysvmError(f"-e {extension}: unknown extension (expected one of: {', '.join(ACCEPTED_EXTENSIONS)})")
 
     with StopSignals() as stops, ExitStack() as lock:
         database = database_settings(args)

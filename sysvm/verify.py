@@ -27,6 +27,7 @@ from sysvm.config import Config
 from sysvm.errors import SysvmError
 from sysvm.export import artifact_name
 from sysvm.fsutil import atomic_path, atomic_write
+from sysvm.hypervisors import ARTIFACTS
 from sysvm.kvmhost import ROUTER_ROLES, HostFiles, Remote, host_files, send_router_config, start_sequence
 from sysvm.process import run
 from sysvm.qemu import Nic, VirtualMachine, accelerator, nic_mac
@@ -152,29 +153,27 @@ class Outcome:
 
 
 def unpack_artifact(artifact: Path, folder: Path) -> tuple[Path, str]:
-    """The disk inside an artifact, in the format it ships in, unpacked once into folder."""
+    """The disk inside an artifact, in the format it ships in, unpacked once into folder; a bare disk as it is."""
     name = artifact.name
+    bare = next((kind for kind in ARTIFACTS.values() if name.endswith(f".{kind.disk_extension}")), None)
+    if bare is not None:
+        return artifact, bare.disk_format
+    made = next((kind for kind in ARTIFACTS.values() if name.endswith(f".{kind.extension}")), None)
+    if made is None:
+        expected = ", ".join(f".{kind.extension}" for kind in ARTIFACTS.values())
+        raise SysvmError(f"{artifact}: unknown artifact type (expected {expected})")
+    stem = name.removesuffix(f".{made.extension}")
+    inner, fmt = f"{stem}.{made.disk_extension}", made.disk_format
     stamp = f"{artifact.stat().st_size}-{int(artifact.stat().st_mtime)}"
-    if name.endswith(".qcow2.bz2") or name.endswith(".vhd.bz2") or name.endswith(".raw.bz2"):
-        inner = name.removesuffix(".bz2")
-        fmt = {"qcow2": "qcow2", "vhd": "vpc", "raw": "raw"}[inner.rsplit(".", 1)[1]]
-    elif name.endswith(".ova"):
-        inner, fmt = name.removesuffix(".ova") + ".vmdk", "vmdk"
-    elif name.endswith(".vhd.zip"):
-        inner, fmt = name.removesuffix(".zip"), "vpc"
-    elif name.endswith((".qcow2", ".vhd", ".vmdk", ".raw")):
-        return artifact, {"qcow2": "qcow2", "vhd": "vpc", "vmdk": "vmdk", "raw": "raw"}[name.rsplit(".", 1)[1]]
-    else:
-        raise SysvmError(f"{artifact}: unknown artifact type (expected .qcow2.bz2, .vhd.bz2, .ova, .vhd.zip)")
     target = folder / f"{stamp}-{inner}"
     if target.is_file():
         return target, fmt
     for old in folder.glob(f"*-{inner}"):
         old.unlink()
     with atomic_path(target) as temporary:
-        if name.endswith(".bz2"):
+        if made.packing == "bz2":
             run(["lbzip2", "-d", "-c", artifact], stdout_path=temporary)
-        elif name.endswith(".ova"):
+        elif made.packing == "ova":
             with tarfile.open(artifact) as archive:
                 member = next((m for m in archive.getmembers() if m.name.endswith(".vmdk")), None)
                 if member is None:
