@@ -246,3 +246,18 @@ def test_same_as_upstream_templateconfig(commit, version, built, tmp_path):
         assert dict(mine["default"]) == dict(theirs["default"])
     else:
         assert ours.text == upstream
+
+
+def test_an_aarch64_build_gets_its_kvm_section_where_the_layout_names_the_architecture():
+    # 4.22.0's layout names KVM sections by architecture: the aarch64 template registers as kvm-aarch64.
+    made = render(["debian.architecture=arm64", "cloudstack.version=4.22.0"], ["kvm"])
+    parsed = configparser.ConfigParser()
+    parsed.read_string(made.text)
+    assert made.sections == ["default", "kvm-aarch64"]
+    section = parsed["kvm-aarch64"]
+    assert section["filename"] == "systemvmtemplate-4.22.0-aarch64-kvm.qcow2.bz2"
+    assert section["templatename"] == "systemvm-kvm-4.22.0-aarch64"
+    assert (section["arch"], section["checksum"]) == ("aarch64", "sha512-of-kvm")
+    assert section["guestos"] == "Debian GNU/Linux 12 (64-bit)"
+    # 4.20.0's management server reads every section as x86_64: an aarch64 image gets none there.
+    assert render(["debian.architecture=arm64"], ["kvm"]).sections == ["default"]
