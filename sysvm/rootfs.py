@@ -349,6 +349,10 @@ def plan(config: Config, workspace: Workspace, force: bool = False) -> tuple[Roo
                    config.release.without_security), stage
 
 
+_INITRAMFS = "/usr/sbin/update-initramfs"
+_DIVERT = 'chroot "$1" dpkg-divert --quiet --local --rename'
+
+
 def mmdebstrap_command(config: Config, cache: Path, target: Path, manifest: Path) -> list[str]:
     command = ["mmdebstrap", "--variant=minbase", f"--architecture={config.debian.architecture}",
                "--include=" + ",".join(config.package_list()), "--skip=download/empty"]
@@ -359,6 +363,11 @@ def mmdebstrap_command(config: Config, cache: Path, target: Path, manifest: Path
         # dpkg still creates the man page links of update-alternatives; their folder must exist.
         '--setup-hook=mkdir -p "$1"/var/cache/apt/archives "$1"/usr/share/man/man1',
         f"--setup-hook=sync-in {quoted_cache} /var/cache/apt/archives/",
+        # The initramfs is made once, when every package is in: the kernel's postinst and the later trigger
+        # would each make it (under qemu-user, minutes each, one process per kernel module).
+        f"--essential-hook={_DIVERT} --add {_INITRAMFS} && ln -s /bin/true \"$1\"{_INITRAMFS}",
+        f"--customize-hook=rm \"$1\"{_INITRAMFS} && {_DIVERT} --remove {_INITRAMFS}",
+        '--customize-hook=chroot "$1" update-initramfs -c -k all',
         f"--customize-hook=sync-out /var/cache/apt/archives {quoted_cache}",
         '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
         f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{MANIFEST_FORMAT}' > {quoted_manifest}",
