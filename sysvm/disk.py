@@ -56,7 +56,6 @@ WantedBy=multi-user.target
 BUILD_KEY_UNIT_PATH = "etc/systemd/system/sysvm-build-key.service"
 ENABLED_AT_BUILD = ("ssh.service", "netfilter-persistent.service", "sysvm-build-key.service")
 UNIT_FOLDERS = ("lib/systemd/system", "usr/lib/systemd/system", "etc/systemd/system")
-INIT_SCRIPTS_KEPT = ("keepalived",)
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ def disk_inputs(config: Config, rootfs: Rootfs) -> dict[str, object]:
             f"architectures.{config.debian.architecture}.serial_console": arch.serial_console,
             "disk.py ESP_SIZE": ESP_SIZE, "/etc/default/grub": grub_defaults(arch),
             "disk.py BUILD_KEY_UNIT": BUILD_KEY_UNIT, "units disabled": units_disabled(config),
-            "disk.py ENABLED_AT_BUILD": ENABLED_AT_BUILD, "disk.py INIT_SCRIPTS_KEPT": INIT_SCRIPTS_KEPT}
+            "disk.py ENABLED_AT_BUILD": ENABLED_AT_BUILD, "disk.py drops SysV scripts": "all with a native unit"}
 
 
 def kernel_version(root: Path) -> str:
@@ -157,12 +156,14 @@ def configure_boot(root: Path, root_uuid: str, arch: Architecture, disabled: typ
 def _drop_duplicate_init_scripts(root: Path) -> None:
     """Remove SysV scripts of services that have a systemd unit of their own (systemd never runs those
     scripts). With them, every `systemctl enable` or `disable` of such a service, by the role setup or
-    by CloudStack's post-init, also runs update-rc.d: about 15 s each under emulation. `service NAME
-    restart` goes to systemctl either way. keepalived's stays: CloudStack's redundant router edits it."""
+    by CloudStack's post-init, also runs update-rc.d: about 15 s each under emulation (post-init disables
+    keepalived on every secondary storage VM and non-redundant router). `service NAME restart` goes to
+    systemctl either way. CloudStack's redundant router still seds `--vrrp` into /etc/init.d/keepalived:
+    without the script that logs an error and changes nothing, as the script's edit never reached the
+    systemd unit that runs keepalived."""
     dropped = []
     for script in sorted((root / "etc/init.d").iterdir()):
-        if script.name in INIT_SCRIPTS_KEPT or not any(
-                (root / folder / f"{script.name}.service").exists() for folder in UNIT_FOLDERS):
+        if not any((root / folder / f"{script.name}.service").exists() for folder in UNIT_FOLDERS):
             continue
         for link in (root / "etc").glob(f"rc?.d/[SK][0-9][0-9]{script.name}"):
             link.unlink()
