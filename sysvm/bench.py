@@ -28,7 +28,9 @@ from sysvm.workspace import Workspace
 BENCH_ROLES = ("consoleproxy", "secstorage", "router")
 TARGETS = {"cold_build_s": 480, "overlay_only_rebuild_s": 90, "no_change_rebuild_s": 5,
            "verify_three_roles_s": 240, "peak_rss_mib": 2048}
-# QEMU start to get_template_version.sh answering, per role, started with CloudStack's scripts.
+# QEMU start to get_template_version.sh answering, per role, started with CloudStack's scripts: one VM at
+# a time, as the target reads (a VM started on a machine of 2 cores), so that a second VM's boot does not
+# share the cores and the figure is the start's own.
 START_TARGETS = {"cloudstack_start_per_role_s": 180}
 
 
@@ -120,7 +122,7 @@ def bench(config: Config, workspace: Workspace) -> dict[str, object]:
                                                             hypervisor="kvm"))
     if config.verify.cloudstack_scripts:
         log.say(f"bench: start {', '.join(BENCH_ROLES)} as a CloudStack host does, with its scripts")
-        outcomes = verify(changed, workspace, roles=list(BENCH_ROLES), hypervisor="kvm")
+        outcomes = verify(changed, workspace, roles=list(BENCH_ROLES), hypervisor="kvm", parallel=1)
         results["cloudstack_start_s"] = {o.role: o.timings.get("cloudstack_ready_s") for o in outcomes}
         limit = START_TARGETS["cloudstack_start_per_role_s"]
         results["met_cloudstack_start"] = all(t is not None and t <= limit for t in results["cloudstack_start_s"].values())

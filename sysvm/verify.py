@@ -353,9 +353,9 @@ def summary_table(outcomes: list[Outcome]) -> str:
 
 
 def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list[str] | None = None,
-           hypervisor: str = "", cloudstack: str = "") -> list[Outcome]:
-    """Boot and test; with a CloudStack tree (`cloudstack`, else verify.cloudstack_scripts) the KVM roles are
-    started as a 4.17+ host starts them, with that tree's scripts."""
+           hypervisor: str = "", cloudstack: str = "", parallel: int = PARALLEL_VMS) -> list[Outcome]:
+    """Boot and test, `parallel` VMs at a time; with a CloudStack tree (`cloudstack`, else
+    verify.cloudstack_scripts) the KVM roles are started as a 4.17+ host starts them, with that tree's scripts."""
     tools.require(["verify"], config)
     roles = list(roles or config.verify.roles)
     for role in roles:
@@ -391,9 +391,9 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
                          for role in roles]
             else:
                 jobs.append((target, verify_boot_only, (config, disk, fmt, path, target, accel, workspace)))
-        log.say(f"{len(jobs)} boots, {PARALLEL_VMS} at a time ({accel})")
+        log.say(f"{len(jobs)} boots, {parallel} at a time ({accel})")
         started = time.monotonic()
-        with log.parallel(PARALLEL_VMS) as pool:
+        with log.parallel(parallel) as pool:
             futures = [pool.submit(name, work, *arguments) for name, work, arguments in jobs]
             outcomes = [future.result() for future in futures]
         junit = write_junit(outcomes, workspace.verify)
