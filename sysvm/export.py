@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import struct
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 from sysvm import log, metadata
 from sysvm.cloudstack import locate
 from sysvm.config import Config
+from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_write, hash_file, remove_tree, scratch_dir
 from sysvm.hypervisors import ARTIFACTS
 from sysvm.overlay import FinalImage
@@ -74,7 +78,73 @@ def _convert(source: Path, destination: Path, fmt: str, options: str) -> None:
          source, destination])
 
 
-def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, threads: int) -> Path:
+@dataclass(frozen=True)
+class Stamp:
+    """What VHD, VMDK and zip record about their own making, taken from the exported image instead of the
+    clock and a random source: the same image then always gives byte-identical artifacts, so a rebuild (an
+    interrupted export or overlay stage redone, say) can be checked against an earlier build by sha512."""
+
+    time: int  # the image file's modification time; the overlay stage sets it to the provisioned disk's
+    key: str  # the overlay stage key
+
+    @classmethod
+    def of(cls, final: FinalImage) -> Stamp:
+        return cls(int(final.image.stat().st_mtime), final.key)
+
+    def uuid(self, hypervisor: str) -> uuid.UUID:
+        return uuid.uuid5(uuid.NAMESPACE_OID, f"sysvm:{self.key}:{self.time}:{hypervisor}")
+
+
+VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z: VHD counts its time stamps from there
+ZIP_EPOCH = 315532800  # 1980-01-01T00:00:00Z: the earliest date a zip entry can hold
+
+
+def _stamp_vhd(vhd: Path, stamp: Stamp, hypervisor: str) -> None:
+    """qemu-img writes the current time and a random UUID into the footer, which a dynamic VHD holds twice
+    (first and last 512 bytes); write the stamp's instead, with the footer's checksum to match."""
+    size = vhd.stat().st_size
+    with vhd.open("r+b") as handle:
+        for offset in (0, size - 512):
+            handle.seek(offset)
+            footer = bytearray(handle.read(512))
+            if footer[:8] != b"conectix":
+                raise SysvmError(f"{vhd}: no VHD footer at byte {offset}")
+            struct.pack_into(">I", footer, 24, max(0, stamp.time - VHD_EPOCH))
+            footer[68:84] = stamp.uuid(hypervisor).bytes
+            footer[64:68] = bytes(4)
+            struct.pack_into(">I", footer, 64, ~sum(footer) & 0xFFFFFFFF)
+            handle.seek(offset)
+            handle.write(footer)
+
+
+def _stamp_vmdk(vmdk: Path, stamp: Stamp, hypervisor: str) -> None:
+    """qemu-img gives a new VMDK a random content id (CID=, 1 to 8 hex digits) in its text descriptor, which
+    sits in a fixed, zero-padded area; write the stamp's, always 8 digits, and pad again."""
+    with vmdk.open("r+b") as handle:
+        header = handle.read(512)
+        if header[:4] != b"KDMV":
+            raise SysvmError(f"{vmdk}: not a sparse VMDK")
+        sector, sectors = struct.unpack_from("<QQ", header, 28)  # the descriptor's place and length
+        handle.seek(sector * 512)
+        area = handle.read(sectors * 512)
+        text, count = re.subn(rb"^CID=[0-9a-f]{1,8}$", b"CID=" + stamp.uuid(hypervisor).hex[:8].encode(),
+                              area.rstrip(b"\0"), count=1, flags=re.MULTILINE)
+        if count != 1 or len(text) >= len(area):
+            raise SysvmError(f"{vmdk}: no CID in the descriptor")
+        handle.seek(sector * 512)
+        handle.write(text.ljust(len(area), b"\0"))
+
+
+def _zip(source: Path, target: Path, inner: str, stamp: Stamp) -> None:
+    entry = zipfile.ZipInfo.from_file(source, arcname=inner)
+    entry.date_time = time.gmtime(max(stamp.time, ZIP_EPOCH))[:6]  # not the file's: it was made just now
+    entry.external_attr = 0o644 << 16  # not the file's mode either: that depends on the umask
+    entry.compress_type = zipfile.ZIP_DEFLATED  # at zlib's default level, 6
+    with zipfile.ZipFile(target, "w") as archive, source.open("rb") as data, archive.open(entry, "w") as member:
+        shutil.copyfileobj(data, member, 1 << 20)
+
+
+def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, threads: int, stamp: Stamp) -> Path:
     made = ARTIFACTS[hypervisor]
     name = artifact_name(config, hypervisor)
     target = staging / name
@@ -82,12 +152,16 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
     work.mkdir()
     disk = work / f"disk.{made.disk_extension}"
     _convert(image, disk, made.disk_format, made.convert_options)
+    # What the formats record about their own making comes from the image, not the clock or chance.
+    if made.disk_format == "vpc":
+        _stamp_vhd(disk, stamp, hypervisor)
+    elif made.disk_format == "vmdk":
+        _stamp_vmdk(disk, stamp, hypervisor)
     if made.packing == "bz2":
         _compress_bz2(disk, target, threads)
     elif made.packing == "zip":
         log.step("compressing (zip)")
-        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
-            archive.write(disk, arcname=name.removesuffix(".zip"))
+        _zip(disk, target, name.removesuffix(".zip"), stamp)
     else:
         log.step("writing the OVA")
         write_ova(target, name.removesuffix(".ova"), disk, qemu_virtual_size(image),
@@ -96,10 +170,10 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
     return target
 
 
-def _artifact_with_checksums(config: Config, hypervisor: str, image: Path, staging: Path,
-                             threads: int) -> tuple[Path, dict[str, object]]:
+def _artifact_with_checksums(config: Config, hypervisor: str, image: Path, staging: Path, threads: int,
+                             stamp: Stamp) -> tuple[Path, dict[str, object]]:
     """One export job: the artifact and its build-report.json entry (checksums in the job, so in parallel)."""
-    path = _make_artifact(config, hypervisor, image, staging, threads)
+    path = _make_artifact(config, hypervisor, image, staging, threads, stamp)
     log.step("checksums")
     return path, {"hypervisor": hypervisor, "size": path.stat().st_size,
                   "md5": hash_file(path, "md5"), "sha512": hash_file(path, "sha512")}
@@ -174,8 +248,9 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
     try:
         jobs = len(names)
         threads = max(1, (os.cpu_count() or 1))
+        stamp = Stamp.of(final)
         with log.parallel(jobs) as pool:
-            futures = [pool.submit(h, _artifact_with_checksums, config, h, final.image, staging, threads)
+            futures = [pool.submit(h, _artifact_with_checksums, config, h, final.image, staging, threads, stamp)
                        for h in names]
             made = dict(future.result() for future in futures)
         artifacts = {path.name: info for path, info in made.items()}

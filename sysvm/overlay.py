@@ -84,6 +84,11 @@ def apply_overlay(provisioned: ProvisionedDisk, rendered: RenderedTree, workspac
     for entry in sorted(rendered.tree.rglob("*")):
         if any(c.isspace() for c in entry.name):
             raise SysvmError(f"{entry}: rendered paths must not contain white space (debugfs cannot write them)")
+    # debugfs and e2fsck stamp what they write with the current time. The provisioned disk's time instead
+    # makes the stage's output a function of its inputs, as its key says; export takes its stamps from the
+    # resulting image's time in turn.
+    when = int(provisioned.image.stat().st_mtime)
+    fixed_time = {"E2FSPROGS_FAKE_TIME": str(when), "E2FSCK_TIME": str(when)}
     with stage.building() as temporary:
         image = temporary / IMAGE_NAME
         run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", provisioned.image, image])
@@ -96,16 +101,17 @@ def apply_overlay(provisioned: ProvisionedDisk, rendered: RenderedTree, workspac
             commands += ([f"rm {link}"] if link in existing else []) + [f"symlink {link} /etc/systemd/system/{unit}"]
         script = temporary / "overlay.debugfs"
         script.write_text("\n".join(commands) + "\n")
-        errors = run(["debugfs", "-w", "-f", script, filesystem], capture=True).stderr.decode()
+        errors = run(["debugfs", "-w", "-f", script, filesystem], capture=True, env=fixed_time).stderr.decode()
         problems = [line for line in errors.splitlines() if line.strip() and not line.startswith("debugfs ")]
         if problems:
             raise SysvmError(f"debugfs could not write the rendered tree: {problems[0]}")
         # e2fsck exits 1 when it only brought the free counts up to date, 0 when there was nothing to do.
-        check = run(["e2fsck", "-f", "-y", filesystem], check=False)
+        check = run(["e2fsck", "-f", "-y", filesystem], check=False, env=fixed_time)
         if check.returncode not in (0, 1):
             raise SysvmError(f"e2fsck found errors after writing the rendered tree (exit {check.returncode}; "
                              f"log: {log.current_log_path()})")
         script.unlink()
         (temporary / "lookup.debugfs").unlink()
+        os.utime(image, (when, when))
     log.say(f"overlay: {len(commands)} changes written into {result.image}")
     return result

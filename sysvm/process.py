@@ -4,6 +4,13 @@ Every child is started by `spawn`, which ends it when its block exits, however i
 alive at any moment are known, so an interrupted run ends them all at once (`end_children`, called from
 the SIGINT/SIGTERM handler) rather than waiting for worker threads; and each child is started through
 `setpriv --pdeathsig TERM`, so the kernel ends it if sysvm itself is killed outright (SIGKILL).
+
+Between the two sits coreutils' `timeout` with no time limit: it puts the command in a process group of
+its own and passes a SIGTERM on to that whole group. A stop signal must reach more than the child: mmdebstrap's
+main process ignores it and waits for its worker, which unmounts and exits, after which the main process
+removes its chroot; the signal has to reach the worker for any of that to happen. After a SIGKILL of sysvm
+the parent-death signal reaches `timeout` alone, and it passes it on in the same way, then kills the group
+if it is still there END_GRACE_S later.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from sysvm import log
 from sysvm.errors import SysvmError
 
 Command = Sequence[str | os.PathLike[str]]
-END_GRACE_S = 10.0  # QEMU and Packer get this long to stop cleanly before they are killed
+END_GRACE_S = 10.0  # a child and its process group get this long to stop cleanly before they are killed
 # Adding to, removing from and copying a set are single steps under CPython's GIL: no lock, so that the
 # signal handler can never wait for one its own thread holds.
 _children: set[subprocess.Popen[bytes]] = set()
@@ -34,11 +41,14 @@ _children: set[subprocess.Popen[bytes]] = set()
 
 def _end(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
-        process.terminate()
+        process.terminate()  # timeout passes it on to the command's process group
         try:
             process.wait(END_GRACE_S)
         except subprocess.TimeoutExpired:
-            process.kill()
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the group timeout made, itself included
+            except ProcessLookupError:  # killed before timeout made its group
+                process.kill()
             process.wait()
 
 
@@ -48,7 +58,10 @@ def spawn(command: Command, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
     argv = [os.fspath(part) for part in command]
     if shutil.which(argv[0]) is None:
         raise SysvmError(f"{argv[0]}: program not found")
-    process = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *argv], **popen)
+    # In a process group of its own, a child that read the terminal would be stopped (SIGTTIN).
+    popen.setdefault("stdin", subprocess.DEVNULL)
+    process = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", "timeout", f"--kill-after={END_GRACE_S:.0f}s",
+                                "0", *argv], **popen)
     _children.add(process)
     try:
         yield process

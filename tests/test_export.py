@@ -6,9 +6,14 @@ from __future__ import annotations
 import configparser
 import hashlib
 import json
+import os
+import re
+import struct
 import subprocess
 import tarfile
+import time
 import xml.etree.ElementTree as ElementTree
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +26,7 @@ from sysvm.ovf import OVF_NS, VirtualSystem, descriptor
 from sysvm.render import render
 from sysvm.rootfs import Rootfs
 from sysvm.stage import as_recorded, changes, key_of
+from sysvm.workspace import Workspace
 from tests.disks import empty_qcow2
 from tests.terminal import messages
 
@@ -195,6 +201,43 @@ def test_ova_layout_descriptor_and_manifest(provisioned, workspace):
     assert contents[vmdk_name][:4] == b"KDMV"
 
 
+def test_the_same_image_gives_the_same_bytes_in_every_format(provisioned, tmp_path):
+    """Two exports of one image, a second apart: identical artifacts. Another image time changes what
+    records it (VHD's footer, VMDK's CID, the zip entry's date) and nothing else."""
+    disk, rootfs = provisioned
+    cfg = config.load(None, ["export.hypervisors=[kvm, xen, vmware, hyperv, ovm]"])
+
+    def exported(folder: str) -> dict[str, str]:
+        workspace = Workspace(tmp_path / folder)
+        export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
+        return _sums(workspace.artifacts / "sha512sum.txt")
+
+    first = exported("first")
+    time.sleep(1.1)
+    assert exported("second") == first and len(first) == 5
+    later = int(disk.image.stat().st_mtime) // 2 * 2 + 86400  # even: a zip keeps seconds in steps of 2
+    os.utime(disk.image, (later, later))
+    moved = exported("later")
+    changed = {export.artifact_name(cfg, h) for h in ("xen", "vmware", "hyperv")}
+    assert {name for name in first if moved[name] != first[name]} == changed
+    vhd = tmp_path / "xen.vhd"
+    subprocess.run(["lbzip2", "-d", "-c", str(tmp_path / "later/artifacts" / export.artifact_name(cfg, "xen"))],
+                   check=True, stdout=vhd.open("wb"))
+    data = vhd.read_bytes()
+    assert data[:512] == data[-512:] and struct.unpack(">I", data[24:28])[0] == later - export.VHD_EPOCH
+    assert subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "vpc", str(disk.image), str(vhd)],
+                          capture_output=True).returncode == 0  # qemu-img checks the footer's checksum too
+    with tarfile.open(tmp_path / "later/artifacts" / export.artifact_name(cfg, "vmware")) as archive:
+        member = archive.getmembers()[2]
+        archive.extract(member, tmp_path, filter="data")
+    assert re.search(rb"^CID=[0-9a-f]{8}$", (tmp_path / member.name).read_bytes()[:65536], re.MULTILINE)
+    assert subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "vmdk", str(disk.image),
+                           str(tmp_path / member.name)], capture_output=True).returncode == 0
+    with zipfile.ZipFile(tmp_path / "later/artifacts" / export.artifact_name(cfg, "hyperv")) as archive:
+        assert archive.testzip() is None
+        assert archive.infolist()[0].date_time == time.gmtime(later)[:6]
+
+
 def test_descriptor_escapes_names():
     text = descriptor(VirtualSystem("a&b", "a&b.vmdk", 10, MIB))
     ElementTree.fromstring(text)
@@ -238,10 +281,10 @@ def test_interrupted_export_leaves_nothing_that_looks_finished(provisioned, work
     export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})  # an earlier complete set
     real = export._make_artifact
 
-    def interrupted(config_, hypervisor, image, staging, threads):
+    def interrupted(config_, hypervisor, *rest):
         if hypervisor == "xen":
             raise KeyboardInterrupt
-        return real(config_, hypervisor, image, staging, threads)
+        return real(config_, hypervisor, *rest)
 
     monkeypatch.setattr(export, "_make_artifact", interrupted)
     with pytest.raises(KeyboardInterrupt):

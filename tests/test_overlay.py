@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sysvm.errors import SysvmError
 from sysvm.overlay import ENABLED_UNITS, WANTS, apply_overlay
 from sysvm.packer import ProvisionedDisk
 from sysvm.render import RenderedTree
+from sysvm.workspace import Workspace
 
 
 def debugfs(image: Path, command: str) -> str:
@@ -80,3 +82,16 @@ def test_paths_with_spaces_are_refused(provisioned, rendered, workspace):
     (rendered.tree / "etc/bad name").write_text("x")
     with pytest.raises(SysvmError, match="must not contain white space"):
         apply_overlay(provisioned, rendered, workspace)
+
+
+def test_the_same_inputs_give_the_same_image_at_any_time(provisioned, rendered, tmp_path):
+    """Files are written with the provisioned disk's time, not the clock's: a stage redone later (after an
+    interruption, say) gives the same bytes, and the image carries that time on to the export."""
+    images = []
+    for name in ("first", "second"):
+        images.append(apply_overlay(provisioned, rendered, Workspace(tmp_path / name)).image)
+        time.sleep(1.1)
+    assert images[0].read_bytes() == images[1].read_bytes()
+    when = int(provisioned.image.stat().st_mtime)
+    assert images[0].stat().st_mtime == when
+    assert f"mtime: 0x{when:08x}" in debugfs(images[0], "stat /opt/cloud/bin/run.sh")

@@ -121,3 +121,57 @@ def test_no_child_outlives_sysvm(tmp_path, how):
     code = runner.wait(30)
     assert wait_gone(child), f"the child outlived sysvm after {how.name}"
     assert code == (-9 if how == signal.SIGKILL else 130)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_stop_signal_reaches_what_the_child_started(tmp_path, how):
+    """mmdebstrap's way: its main process ignores SIGTERM and waits for a worker, which cleans up when it gets
+    SIGTERM (it unmounts, then the main process removes the chroot). The worker must get the signal too,
+    whether sysvm is stopped or killed."""
+    (tmp_path / "child.py").write_text(textwrap.dedent(f"""
+        import signal, subprocess, sys
+        from pathlib import Path
+
+        worker = '''
+        import signal, sys, time
+        from pathlib import Path
+        def clean_up(signum, frame):
+            Path({str(tmp_path / "cleaned")!r}).touch()
+            sys.exit(1)
+        signal.signal(signal.SIGTERM, clean_up)
+        Path({str(tmp_path / "worker.pid")!r}).write_text(str(__import__("os").getpid()))
+        time.sleep(300)
+        '''
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        subprocess.run([sys.executable, "-c", worker])
+    """))
+    runner = _runner(tmp_path, f"""
+        import sys
+        from pathlib import Path
+        from sysvm.cli import guarded
+        from sysvm.process import spawn
+
+        def work():
+            with spawn([sys.executable, {str(tmp_path / "child.py")!r}]) as process:
+                Path({str(tmp_path / "child.pid")!r}).write_text(str(process.pid))
+                process.wait()
+
+        guarded(work)
+    """)
+    child = _child_pid(tmp_path)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "worker.pid").is_file() or not (tmp_path / "worker.pid").read_text():
+        assert time.monotonic() < deadline, "the worker never started"
+        time.sleep(0.1)
+    worker = int((tmp_path / "worker.pid").read_text())
+    started = time.monotonic()
+    runner.send_signal(how)
+    try:
+        assert runner.wait(30) == (-9 if how == signal.SIGKILL else 130)
+        assert wait_gone(worker) and wait_gone(child), f"left running after {how.name}"
+        assert (tmp_path / "cleaned").is_file(), "the worker was killed without the signal it cleans up on"
+        assert time.monotonic() - started < 5, "waited for the grace time: the worker got no SIGTERM at first"
+    finally:
+        for pid in (worker, child):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

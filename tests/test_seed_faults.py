@@ -25,82 +25,30 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sysvm import seed
 from sysvm.errors import SysvmError
+from tests.faults import ROOT, FaultTable, Row, exit_text
 from tests.mariadb import server_binary
 
 pytestmark = pytest.mark.skipif(server_binary() is None, reason="mariadb-server is installed by ./run")
-ROOT = Path(__file__).resolve().parent.parent
-TABLE = ROOT / "output/fault-table-seed.md"
 MIB = 2**20
 ID = 3
 BAD_CHECKSUM = "0" * 128
-
-
-@dataclass
-class Row:
-    fault: str
-    point: str
-    exit: str = ""
-    after_fault: str = ""
-    next_run: str = ""
-    final_run: str = ""
-    seconds: float = 0.0
-    result: str = "FAIL"
-
-
-TABLE_ROWS: list[Row] = []
+TABLE = FaultTable("Seeding fault table", "fault-table-seed.md",
+                   ("fault", "at", "exit", "right after the fault", "next run (recovers first)", "run after that"))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def fault_table(request) -> Iterator[None]:
-    """Print the table when the module ends (past pytest's capture) and write it to output/."""
-    started = time.monotonic()
-    yield
-    if not TABLE_ROWS:
-        return
-    lines = [f"Seeding fault table: {sum(r.result == 'PASS' for r in TABLE_ROWS)} of {len(TABLE_ROWS)} rows pass, "
-             f"{time.monotonic() - started:.1f} s for the whole of tests/test_seed_faults.py.", "",
-             "| fault | at | exit | right after the fault | next run (recovers first) | run after that | s | result |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r.fault} | {r.point} | {r.exit} | {r.after_fault} | {r.next_run} | {r.final_run} | "
-              f"{r.seconds:.1f} | {r.result} |" for r in TABLE_ROWS]
-    text = "\n".join(lines) + "\n"
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    partial = TABLE.with_name(f".{TABLE.name}.{os.getpid()}.partial")
-    partial.write_text(text)
-    os.replace(partial, TABLE)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():  # to the terminal, not into a test's captured output
-            reporter.ensure_newline()
-            reporter.write_line("")
-            for line in lines:
-                reporter.write_line(line)
-            reporter.write_line(f"(written to {TABLE.relative_to(ROOT)})")
-
-
-@contextmanager
-def table_row(fault: str, point: str) -> Iterator[Row]:
-    row = Row(fault, point)
-    started = time.monotonic()
-    try:
-        yield row
-        row.result = "PASS"
-    finally:
-        row.seconds = time.monotonic() - started
-        TABLE_ROWS.append(row)
+    with TABLE.reported(request, "tests/test_seed_faults.py"):
+        yield
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-
-
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +140,6 @@ def state(mount: Path, connection, before: tuple[dict[str, str], tuple]) -> str:
     return what + (f"; left: {', '.join(rest)}" if rest else "")
 
 
-def exit_text(code: int) -> str:
-    return f"killed ({signal.Signals(-code).name})" if code < 0 else str(code)
-
-
 def paused_run(argv: list[str], step: str, signum: int | None, marker_folder: Path,
                meanwhile: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
     """Run sysvm-seed until it waits at `step`, send it `signum`, then let it go on."""
@@ -271,7 +215,7 @@ POINTS = {"copy": "decompressing the image", "moved-aside": "between the two ren
 @pytest.mark.parametrize(("name", "point", "expect"), SIGNAL_CASES, ids=[f"{n}-{p}" for n, p, _ in SIGNAL_CASES])
 def test_signal_during_replace(name, point, expect, mount, image, database, db, tmp_path):
     signum = signal.Signals[name]
-    with table_row(name, f"{point} ({POINTS[point]})") as row_:
+    with TABLE.row(name, f"{point} ({POINTS[point]})") as row_:
         before = baseline(mount, image, database, db)
         result = paused_run(command(mount, image, database, "-F"), point, signum, tmp_path)
         row_.exit, row_.after_fault = exit_text(result.returncode), state(mount, db, before)
@@ -292,7 +236,7 @@ def test_signal_during_replace(name, point, expect, mount, image, database, db, 
 
 def test_sigkill_on_a_fresh_mount_after_the_rename(mount, image, database, db, tmp_path):
     """No old template: recovery removes the half-installed one (its row was never updated)."""
-    with table_row("SIGKILL", "installed, first install (no -F, nothing to replace)") as row_:
+    with TABLE.row("SIGKILL", "installed, first install (no -F, nothing to replace)") as row_:
         before = (tree(mount), row(db))
         result = paused_run(command(mount, image, database), "installed", signal.SIGKILL, tmp_path)
         row_.exit, row_.after_fault = exit_text(result.returncode), state(mount, db, before)
@@ -316,7 +260,7 @@ def read_only(folder: Path) -> Iterator[None]:
 def test_storage_turns_read_only_between_the_renames(mount, image, database, db, tmp_path):
     """os.replace fails for real (EROFS), and so does putting the old folder back: the run says where the old
     template is kept, and the next run, once the storage is writable again, puts it back."""
-    with table_row("storage turns read-only (EROFS)", "between the two renames") as row_:
+    with TABLE.row("storage turns read-only (EROFS)", "between the two renames") as row_:
         before = baseline(mount, image, database, db)
         with ExitStack() as stack:
             result = paused_run(command(mount, image, database, "-F"), "moved-aside", None, tmp_path,
@@ -331,7 +275,7 @@ def test_storage_turns_read_only_between_the_renames(mount, image, database, db,
 
 def test_database_refuses_the_update(mount, image, database, db):
     """A real failure of the row update (a trigger that refuses it): the old template comes back."""
-    with table_row("database refuses the UPDATE (trigger)", "row update, after the second rename") as row_:
+    with TABLE.row("database refuses the UPDATE (trigger)", "row update, after the second rename") as row_:
         before = baseline(mount, image, database, db)
         with db.cursor() as cursor:
             cursor.execute("CREATE TRIGGER refuse_update BEFORE UPDATE ON vm_template FOR EACH ROW "
@@ -371,7 +315,7 @@ def _failing_rename(monkeypatch, mount: Path, which: str, error: BaseException) 
 @pytest.mark.parametrize("error", EXCEPTIONS, ids=lambda e: type(e).__name__)
 def test_exception_at_a_rename(which, error, mount, image, database, db, monkeypatch, capsys):
     point = {"first": "first rename (old folder aside)", "second": "second rename (new folder in)"}[which]
-    with table_row(f"{type(error).__name__} raised in-process", point) as row_:
+    with TABLE.row(f"{type(error).__name__} raised in-process", point) as row_:
         before = baseline(mount, image, database, db)
         _failing_rename(monkeypatch, mount, which, error)
         argv = ["-m", str(mount), "-f", str(image), "-h", "kvm", "-F", *db_args(database)]
