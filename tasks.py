@@ -78,3 +78,11 @@ def test(c: Context, quick: bool = False) -> None:
     from sysvm.selftest import run_tests
 
     raise SystemExit(cli.guarded(lambda: run_tests(Path(__file__).resolve().parent, quick)))
+
+
+@task
+def faults(c: Context) -> None:
+    """Both fault tables in full: each build stage and seeding stopped by SIGTERM and SIGKILL (some 18 min under TCG)."""
+    from sysvm.selftest import run_fault_tables
+
+    raise SystemExit(cli.guarded(lambda: run_fault_tables(Path(__file__).resolve().parent)))

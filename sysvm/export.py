@@ -144,7 +144,8 @@ def _zip(source: Path, target: Path, inner: str, stamp: Stamp) -> None:
         shutil.copyfileobj(data, member, 1 << 20)
 
 
-def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, threads: int, stamp: Stamp) -> Path:
+def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, threads: int,
+                   stamp: Stamp) -> Path:
     made = ARTIFACTS[hypervisor]
     name = artifact_name(config, hypervisor)
     target = staging / name

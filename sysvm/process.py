@@ -60,8 +60,8 @@ def spawn(command: Command, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
         raise SysvmError(f"{argv[0]}: program not found")
     # In a process group of its own, a child that read the terminal would be stopped (SIGTTIN).
     popen.setdefault("stdin", subprocess.DEVNULL)
-    process = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", "timeout", f"--kill-after={END_GRACE_S:.0f}s",
-                                "0", *argv], **popen)
+    process = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--",
+                                "timeout", f"--kill-after={END_GRACE_S:.0f}s", "0", *argv], **popen)
     _children.add(process)
     try:
         yield process

@@ -16,6 +16,24 @@ from sysvm import config as config_module  # noqa: E402
 from sysvm.workspace import Workspace  # noqa: E402
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all-faults", action="store_true", dest="all_faults",
+                     help="every row of the build fault table (invoke faults), not one per stage")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "all_faults: a build fault table row only `invoke faults` runs (--all-faults)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("all_faults"):
+        return
+    skip = pytest.mark.skip(reason="run by `invoke faults` (--all-faults); `invoke test` runs one row per stage")
+    for item in items:
+        if item.get_closest_marker("all_faults") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path / "output")

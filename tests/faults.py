@@ -58,7 +58,8 @@ class FaultTable:
     def lines(self, seconds: float, module: str) -> list[str]:
         rows = sorted(self.rows, key=self.order) if self.order else self.rows
         passed = sum(row.result == "PASS" for row in rows)
-        lines = [f"{self.title}: {passed} of {len(rows)} rows pass, {seconds:.1f} s for the whole of {module}.", "",
+        lines = [f"{self.title}: {passed} of {len(rows)} rows pass, {seconds:.1f} s for the whole of {module}.",
+                 "",
                  "| " + " | ".join(self.columns) + " | s | result |", "| --- " * (len(self.columns) + 2) + "|"]
         lines += [f"| {r.fault} | {r.point} | {r.exit} | {r.after_fault} | {r.next_run} | {r.final_run} | "
                   f"{r.seconds:.1f} | {r.result} |" for r in rows]

@@ -9,7 +9,7 @@ the test signals it, then removes the marker. Exceptions of every kind are throw
 After each fault: the template folder (every path, the sha256 of every file) and the database row (every
 column) are byte-identical to before, at once or, after a SIGKILL, once the next run has recovered; then a
 run without fault installs and leaves no temporary behind. The table is printed when the module ends and
-written to output/fault-table-seed.md (docs/seeding.md quotes it).
+written to output/fault-table-seed.md (docs/faults.md quotes it).
 """
 
 from __future__ import annotations
