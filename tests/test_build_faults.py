@@ -119,13 +119,15 @@ def own(process: Process) -> tuple[int, int]:
 
 
 class Build:
-    """One build process, in a session of its own, its output in a file."""
+    """One build process, in a session of its own so that only a row's signal reaches it, its output in a
+    file. Should the test run die, the build gets SIGTERM (setpriv), as sysvm's own children do."""
 
     def __init__(self, log: Path, environment: dict[str, str]) -> None:
         self.log, self.environment = log, environment
         self.before = {own(p) for p in descendants(os.getpid())}  # the test run's own helpers (MariaDB ...)
         with log.open("wb") as output:
-            self.process = subprocess.Popen([sys.executable, "-m", "tests.faults", VARIANT, *SETTINGS], cwd=ROOT,
+            self.process = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--",
+                                             sys.executable, "-m", "tests.faults", VARIANT, *SETTINGS], cwd=ROOT,
                                             env={**os.environ, **environment}, stdin=subprocess.DEVNULL,
                                             stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
