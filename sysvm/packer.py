@@ -78,7 +78,9 @@ def template(config: Config, disk: BaseDisk, key_file: Path, output_dir: Path, s
             "disk_discard": "unmap",
             "net_device": "virtio-net",
             "memory": config.packer.memory_mib,
-            "cpus": 2,
+            # One vCPU, as every verify boot: under TCG a guest of two, its vCPU threads starved on a busy
+            # 2-core host, hit soft lockups and never answered SSH (seen once in a CI rehearsal).
+            "cpus": 1,
             "communicator": "ssh",
             "ssh_username": "root",
             "ssh_private_key_file": str(key_file),
