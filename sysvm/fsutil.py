@@ -56,7 +56,25 @@ def remove_tree(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.is_dir():
+        # A chroot left by a killed mmdebstrap still has /proc, /sys and /dev/pts mounted: removing through
+        # them would fail at best and delete the host's files at worst.
+        from sysvm.process import run
+
+        # The newest mount first: it may hide an older one below it, and detaching it detaches what is on it.
+        while points := mounts_under(path):
+            run(["umount", "--lazy", points[-1]])
         shutil.rmtree(path)
+
+
+def mounts_under(path: Path) -> list[Path]:
+    """The mount points below a folder, in the order they were mounted."""
+    inside = f"{path.resolve()}/"
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = re.sub(r"\\([0-7]{3})", lambda escape: chr(int(escape[1], 8)), line.split()[4])
+        if point.startswith(inside):
+            points.append(Path(point))
+    return points
 
 
 def sha256_file(path: Path) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from sysvm import log, tools
 from sysvm.config import Config
 from sysvm.errors import SysvmError
+from sysvm.fsutil import remove_tree, scratch_dir
 from sysvm.process import run
 from sysvm.stage import Stage, as_recorded, earlier
 from sysvm.workspace import Workspace
@@ -394,9 +395,16 @@ def build_rootfs(config: Config, workspace: Workspace, force: bool = False) -> R
     check_emulation(config)
     cache = workspace.cache / "apt" / f"{config.debian.release}-{config.debian.architecture}"
     cache.mkdir(parents=True, exist_ok=True)
+    # mmdebstrap's chroot lives under output/build/tmp, not the caller's TMPDIR: should the build be killed
+    # outright, the next one finds it there, unmounts its /proc and /sys and removes it.
+    scratch = scratch_dir(workspace.build / "tmp", "rootfs-")
     with stage.building() as temporary:
-        with log.waiting("mmdebstrap to install the packages"):
-            run(mmdebstrap_command(config, cache, temporary / "rootfs.tar", temporary / "packages.txt"))
+        try:
+            with log.waiting("mmdebstrap to install the packages"):
+                run(mmdebstrap_command(config, cache, temporary / "rootfs.tar", temporary / "packages.txt"),
+                    env={"TMPDIR": str(scratch)})
+        finally:
+            remove_tree(scratch)
         installed = (temporary / "packages.txt").read_text().splitlines()
         if not installed:
             raise SysvmError("mmdebstrap left an empty package list")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sysvm.fsutil import atomic_path, owner_alive, prune_leftovers, prune_scratch, scratch_dir
+from sysvm.fsutil import atomic_path, mounts_under, owner_alive, prune_leftovers, prune_scratch, scratch_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,3 +163,30 @@ def test_scratch_dir_names_carry_the_pid(tmp_path):
     folder = scratch_dir(tmp_path / "tmp", "disk-")
     assert folder.name.startswith(f"disk-{os.getpid()}-")
     assert prune_scratch(tmp_path / "tmp") == []  # this process is running: its scratch stays
+
+
+def test_a_scratch_folder_with_mounts_inside_is_unmounted_not_emptied_through_them(tmp_path):
+    """What a killed mmdebstrap leaves: its chroot with filesystems still mounted, one of them a bind mount
+    of a host folder (as /dev/pts or /sys is). Removing it must not delete the host's files."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "keep").write_text("host file")
+    with holder(f"scratch:{tmp_path / 'tmp'}:rootfs-") as (killed, [scratch]):
+        kill(killed)
+    chroot = scratch / "mmdebstrap.x" / "chroot"
+    (chroot / "proc").mkdir(parents=True)
+    (chroot / "dev" / "shm").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", host, chroot / "proc"], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", chroot / "dev" / "shm"], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", chroot / "dev"], check=False)  # hides shm: the newest mount goes first
+    try:
+        assert len(mounts_under(scratch)) >= 2
+
+        assert prune_scratch(tmp_path / "tmp") == [scratch]
+
+        assert not scratch.exists()
+        assert (host / "keep").read_text() == "host file"
+        assert mounts_under(tmp_path) == []
+    finally:
+        for point in mounts_under(tmp_path):
+            subprocess.run(["umount", "--lazy", point], check=False)
