@@ -103,6 +103,7 @@ def bench(config: Config, workspace: Workspace) -> dict[str, object]:
         remove_tree(folder)
     with PeakMemory() as memory:
         results["cold_build_s"] = _timed(lambda: build(config, workspace))
+        cold = json.loads((workspace.artifacts / "build-report.json").read_text())
         log.say("bench: rebuild with nothing changed")
         results["no_change_rebuild_s"] = _timed(lambda: build(config, workspace))
         layer = workspace.root / "bench-overlay"
@@ -126,9 +127,8 @@ def bench(config: Config, workspace: Workspace) -> dict[str, object]:
         results["cloudstack_start_s"] = {o.role: o.timings.get("cloudstack_ready_s") for o in outcomes}
         limit = START_TARGETS["cloudstack_start_per_role_s"]
         results["met_cloudstack_start"] = all(t is not None and t <= limit for t in results["cloudstack_start_s"].values())
-    report = json.loads((workspace.artifacts / "build-report.json").read_text())
-    results["artifact_sizes"] = {name: info["size"] for name, info in report["artifacts"].items()}
-    results["stage_durations_s"] = report["durations_s"]
+    results["artifact_sizes"] = {name: info["size"] for name, info in cold["artifacts"].items()}
+    results["cold_build_stages_s"] = cold["durations_s"]
     results["targets"] = {**TARGETS, **START_TARGETS}
     results["met"] = {key: results[key] <= limit for key, limit in TARGETS.items()}  # type: ignore[operator]
     record = workspace.root / "bench.json"
