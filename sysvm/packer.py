@@ -119,8 +119,11 @@ def provision(config: Config, disk: BaseDisk, workspace: Workspace, force: bool 
         document = template(config, disk, key_file, output_dir, serial_log, accel)
         template_file = scratch / "template.json"
         template_file.write_text(json.dumps(document, indent=2))
+        # TMPDIR: Packer's own temporaries (its log among them) go where the next run clears them should this
+        # one be killed outright.
         environment = {"PACKER_LOG": "1", "PACKER_LOG_PATH": str(workspace.logs / "packer-debug.log"),
-                       "CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": str(workspace.cache / "packer")}
+                       "CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": str(workspace.cache / "packer"),
+                       "TMPDIR": str(scratch)}
         with log.waiting(f"Packer to boot and provision the image ({accel}; serial console: {serial_log})"):
             run(["packer", "build", "-color=false", template_file], env=environment, cwd=scratch)
         with stage.building() as temporary:
