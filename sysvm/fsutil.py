@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sysvm.process import run
+
 PARTIAL_SUFFIX = ".partial"
 # What atomic_path leaves when its process dies: `.<name>.<pid>.partial`, and while it swaps a folder,
 # `.<name>.<pid>.old` (the previous version, moved aside for the length of two renames).
@@ -57,10 +59,8 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     elif path.is_dir():
         # A chroot left by a killed mmdebstrap still has /proc, /sys and /dev/pts mounted: removing through
-        # them would fail at best and delete the host's files at worst.
-        from sysvm.process import run
-
-        # The newest mount first: it may hide an older one below it, and detaching it detaches what is on it.
+        # them would fail at best and delete the host's files at worst. The newest mount goes first: it may
+        # hide an older one, and detaching it detaches what is mounted on it.
         while points := mounts_under(path):
             run(["umount", "--lazy", points[-1]])
         shutil.rmtree(path)

@@ -178,7 +178,7 @@ def test_a_scratch_folder_with_mounts_inside_is_unmounted_not_emptied_through_th
     (chroot / "dev" / "shm").mkdir(parents=True)
     subprocess.run(["mount", "--bind", host, chroot / "proc"], check=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", chroot / "dev" / "shm"], check=True)
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", chroot / "dev"], check=False)  # hides shm: the newest mount goes first
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", chroot / "dev"], check=True)  # hides shm: the newest mount goes first
     try:
         assert len(mounts_under(scratch)) >= 2
 
