@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import errno
 import fcntl
 import gzip
 import hashlib
@@ -29,15 +30,16 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, NoReturn, TypeVar
 
 from sysvm.cloudcrypt import decrypt, enclosed
 from sysvm.errors import SysvmError
@@ -59,6 +61,14 @@ JOURNAL = re.compile(r"\.(\d+)\.seeding-(\d+)\.journal")
 REPLACED = re.compile(r"\.(\d+)\.replaced-(\d+)")
 PAUSE_ENV = "SYSVM_SEED_PAUSE_AT"
 SECRET_KEY_ENV = "CLOUD_SECRET_KEY"  # where the management server reads its key for encryption type env
+MAX_TEMPLATE_ID = 2**63 - 1  # the management server's ids are Java longs
+MAX_URL_LENGTH = 255  # cloud.vm_template.url is a VARCHAR(255)
+URL_SCHEMES = ("http", "https", "file")
+HOST_NAME = re.compile(r"[A-Za-z0-9._:%-]{1,253}")  # a DNS name, an IPv4 address, an IPv6 one with its zone
+DIGEST_ALGORITHMS = {32: "md5", 64: "sha256", 128: "sha512"}
+# A name ending so promises that compression, as upstream unpacks by name; other names go by their content.
+NAMED_COMPRESSION = {".bz2": "bzip2", ".gz": "gzip", ".zip": "zip"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,8 +82,15 @@ class Database:
 # ------------------------------------------------------------------------------------------------ options
 
 
+class _Options(argparse.ArgumentParser):
+    """argparse's own complaints (an unknown option, a missing value) as one-line errors, like every other."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SysvmError(f"{message} (see --help)")
+
+
 def parser() -> argparse.ArgumentParser:
-    options = argparse.ArgumentParser(
+    options = _Options(
         prog="sysvm-seed", add_help=False,
         description="Install a system VM template into secondary storage (cloud-install-sys-tmplt compatible).")
     options.add_argument("-m", dest="mount", metavar="MOUNT", help="secondary storage mount point")
@@ -81,58 +98,178 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("-f", dest="file", metavar="FILE", help="system VM template file")
     source.add_argument("-u", dest="url", metavar="URL", help="URL of the template (http, https, file)")
     options.add_argument("-h", dest="hypervisor", metavar="HYPERVISOR", help="|".join(BY_CLOUDSTACK_NAME))
-    options.add_argument("-t", dest="template_id", metavar="ID", type=int, help="template id (else from the database)")
+    options.add_argument("-t", dest="template_id", metavar="ID",
+                         help="template id, a positive integer (else from the database)")
     options.add_argument("-F", dest="force", action="store_true", help="replace an existing template")
     options.add_argument("-e", dest="extension", metavar="EXT",
                          help=f"template file extension ({', '.join(ACCEPTED_EXTENSIONS)})")
     options.add_argument("-o", dest="db_host", metavar="HOST", help="database host")
     options.add_argument("-r", dest="db_user", metavar="USER", help="database user")
     options.add_argument("-d", dest="db_password", metavar="PASSWORD", help="database password")
-    options.add_argument("-p", dest="db_port", metavar="PORT", type=int, help="database port")
+    options.add_argument("-p", dest="db_port", metavar="PORT", help="database port, 1-65535")
     options.add_argument("-s", dest="secret_key", metavar="KEY",
                          help="the management server's secret key, to decrypt an ENC(...) db.cloud.password in "
                               "db.properties (default: the first line of the file key beside db.properties for "
                               "encryption type file, $CLOUD_SECRET_KEY for env; web needs -s)")
-    options.add_argument("--checksum", metavar="HEX", help="MD5 or SHA-512 of the file, verified before installing")
-    options.add_argument("--db-properties", type=Path, default=DB_PROPERTIES, help=f"default: {DB_PROPERTIES}")
+    options.add_argument("--checksum", metavar="HEX",
+                         help="MD5, SHA-256 or SHA-512 of the file, verified before installing")
+    options.add_argument("--db-properties", metavar="PATH", default=str(DB_PROPERTIES),
+                         help=f"default: {DB_PROPERTIES}")
     options.add_argument("--help", action="store_true", help="show this text and exit 0")
     return options
 
 
-def read_properties(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text(errors="replace").splitlines():
+# Each check takes an option's or a db.properties value as typed and returns it as meant, or raises ValueError
+# saying what is expected. Numbers are ASCII digits only: int() alone would take " 5", "5_0" and "٥".
+
+
+def _whole_number(text: str, highest: int, expected: str) -> int:
+    if re.fullmatch(r"[0-9]{1,19}", text) and 1 <= int(text) <= highest:
+        return int(text)
+    raise ValueError(f"expected {expected}")
+
+
+def template_id_value(text: str) -> int:
+    return _whole_number(text, MAX_TEMPLATE_ID, f"a template id, a positive integer up to {MAX_TEMPLATE_ID}")
+
+
+def port_value(text: str) -> int:
+    return _whole_number(text, 65535, "a port, 1-65535")
+
+
+def host_value(text: str) -> str:
+    if HOST_NAME.fullmatch(text):
+        return text
+    raise ValueError("expected a host name or IP address")
+
+
+def user_value(text: str) -> str:
+    if text and text.isprintable():
+        return text
+    raise ValueError("expected a user name of printable characters")
+
+
+def path_value(text: str) -> Path:
+    if text and text.isprintable():
+        return Path(text)
+    raise ValueError("expected a path of printable characters")
+
+
+def url_value(text: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 (reading it checks it)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in URL_SCHEMES or not (parts.hostname or parts.scheme == "file") \
+            or not parts.path.strip("/"):
+        raise ValueError("expected an http://, https:// or file:// URL of the template file")
+    if not text.isprintable() or " " in text:
+        raise ValueError("expected a URL without spaces or control characters")
+    if len(text) > MAX_URL_LENGTH:
+        raise ValueError(f"expected at most {MAX_URL_LENGTH} characters (cloud.vm_template.url holds no more)")
+    return text
+
+
+def digest_value(text: str) -> str:
+    digest = text.lower()
+    if re.fullmatch(r"[0-9a-f]+", digest) and len(digest) in DIGEST_ALGORITHMS:
+        return digest
+    raise ValueError("expected 32, 64 or 128 hexadecimal digits (MD5, SHA-256 or SHA-512)")
+
+
+# The options whose values are checked before anything else happens: (option, attribute, check).
+OPTION_CHECKS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
+    ("-m", "mount", path_value), ("-f", "file", path_value), ("-u", "url", url_value),
+    ("-t", "template_id", template_id_value), ("-o", "db_host", host_value), ("-r", "db_user", user_value),
+    ("-p", "db_port", port_value), ("--checksum", "checksum", digest_value),
+    ("--db-properties", "db_properties", path_value))
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Replace each checked option's text by its value; the first bad one stops the run, naming the option."""
+    for option, attribute, check in OPTION_CHECKS:
+        text = getattr(args, attribute)
+        if text is not None:
+            try:
+                setattr(args, attribute, check(text))
+            except ValueError as error:
+                raise SysvmError(f"{option} {_shown(text)}: {error}") from None
+
+
+def _shown(text: str) -> str:
+    """A value as a message shows it: as typed when plain, else quoted, its control characters escaped."""
+    return text if re.fullmatch(r"[^\s'\"]+", text) and text.isprintable() else repr(text)
+
+
+def _one_line(text: str) -> str:
+    """A message on one line, whatever an option or a server put into it."""
+    return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
+
+
+@dataclass(frozen=True)
+class Properties:
+    """A db.properties file's values, and the line each was read from (for errors)."""
+
+    path: Path
+    values: dict[str, str]
+    lines: dict[str, int]
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.values.get(key, default)
+
+    def checked(self, key: str, check: Callable[[str], T]) -> T | None:
+        """The value of key as check makes it; None when it is absent or empty (the caller's default applies)."""
+        text = self.values.get(key, "")
+        if not text:
+            return None
+        try:
+            return check(text)
+        except ValueError as error:
+            raise SysvmError(f"{self.path} line {self.lines[key]}: {key}={_shown(text)}: {error}") from None
+
+
+def read_properties(path: Path) -> Properties:
+    """The key=value lines of db.properties (the last of a key wins, as in Java); none if there is no file."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    except OSError as error:
+        raise SysvmError(f"--db-properties {path}: cannot read it ({error.strerror})") from None
+    values, lines = {}, {}
+    for number, line in enumerate(text.splitlines(), 1):
         if line.lstrip().startswith("#") or "=" not in line:
             continue
         key, value = line.split("=", 1)
-        values[key.strip()] = value.strip()
-    return values
+        values[key.strip()], lines[key.strip()] = value.strip(), number
+    return Properties(path, values, lines)
 
 
 def database_settings(args: argparse.Namespace) -> Database | None:
     """Connection settings from the options, else db.properties, else upstream's defaults; None if nothing says
     there is a database and a template id was given."""
-    properties = read_properties(args.db_properties) if args.db_properties.is_file() else {}
-    stored = properties.get("db.cloud.password", "")
+    properties = read_properties(args.db_properties)
+    stored = properties.get("db.cloud.password")
     encrypted = enclosed(stored)
     if args.db_password is None and encrypted is not None:
         # -d wins over db.properties; upstream decrypts even then and drops -d.
         stored = _decrypted(args, properties, encrypted)
     elif args.secret_key is not None:
         reason = ("-d gives the password" if args.db_password is not None else
-                  f"db.cloud.password in {args.db_properties} is not encrypted" if properties else
+                  f"db.cloud.password in {args.db_properties} is not encrypted" if properties.values else
                   f"there is no {args.db_properties}")
         _note(f"-s not used: {reason}")
     given = any(v is not None for v in (args.db_host, args.db_user, args.db_password, args.db_port))
-    if args.template_id is not None and not given and not properties:
+    if args.template_id is not None and not given and not properties.values:
         return None
     password = args.db_password if args.db_password is not None else stored
-    port = args.db_port or int(properties.get("db.cloud.port", "3306") or 3306)
-    return Database(args.db_host or properties.get("db.cloud.host", "localhost"), port,
-                    args.db_user or properties.get("db.cloud.username", "root"), password)
+    return Database(args.db_host or properties.checked("db.cloud.host", host_value) or "localhost",
+                    args.db_port or properties.checked("db.cloud.port", port_value) or 3306,
+                    args.db_user or properties.checked("db.cloud.username", user_value) or "root", password)
 
 
-def _decrypted(args: argparse.Namespace, properties: dict[str, str], encrypted: str) -> str:
+def _decrypted(args: argparse.Namespace, properties: Properties, encrypted: str) -> str:
     """db.cloud.password decrypted with the management server's key, as the management server does."""
     key, source = _secret_key(args, properties.get("db.cloud.encryption.type", "none"))
     try:
@@ -153,6 +290,8 @@ def _secret_key(args: argparse.Namespace, encryption: str) -> tuple[str, str]:
             problem = "its first line is empty"
         except OSError as error:
             key, problem = "", error.strerror
+        except UnicodeDecodeError:
+            key, problem = "", "not UTF-8 text"
         if not key:
             raise SysvmError(f"{key_file}: no management server secret key ({problem}) to decrypt "
                              f"db.cloud.password in {args.db_properties}: give the key with -s, or the plain "
@@ -200,7 +339,11 @@ def template_id_from_database(database: Database, hypervisor: str) -> int:
         row = cursor.fetchone()
     if not row or row[0] is None:
         raise SysvmError(f"Unable to get template Id from database: no SYSTEM template for {hypervisor_type}")
-    return int(row[0])
+    if not isinstance(row[0], int) or not 1 <= row[0] <= MAX_TEMPLATE_ID:
+        raise SysvmError(f"Unable to get template Id from database: the highest SYSTEM template id for "
+                         f"{hypervisor_type} in cloud.vm_template is {row[0]!r}, expected a positive integer up "
+                         f"to {MAX_TEMPLATE_ID} (give the id with -t)")
+    return row[0]
 
 
 def template_row_uuid(database: Database, template_id: int) -> str | None:
@@ -231,29 +374,38 @@ def update_template_row(database: Database, template_id: int, template_uuid: str
 # ------------------------------------------------------------------------------------------------ content
 
 
-def verify_checksum(path: Path, expected: str | None) -> None:
-    """Check --checksum, or the sha512sum.txt / md5sum.txt lines beside the file that name it."""
-    candidates = []
-    if expected:
-        candidates.append(("given with --checksum", expected.lower()))
-    else:
-        for listing in ("sha512sum.txt", "md5sum.txt"):
-            sums = path.parent / listing
-            if sums.is_file():
-                for line in sums.read_text().splitlines():
-                    parts = line.split()
-                    if len(parts) == 2 and parts[1].lstrip("*") == path.name:
-                        candidates.append((f"in {sums}", parts[0].lower()))
-    for origin, digest in candidates:
-        algorithm = {32: "md5", 128: "sha512", 64: "sha256"}.get(len(digest))
-        if algorithm is None or not re.fullmatch(r"[0-9a-f]+", digest):
-            raise SysvmError(f"checksum {digest!r} ({origin}) is neither MD5, SHA-256 nor SHA-512")
+def expected_digests(file: Path | None, given: str | None) -> list[tuple[str, str]]:
+    """(where it is stated, digest): --checksum, else the lines of sha512sum.txt and md5sum.txt beside the -f
+    file that name it. Read before the mount is touched, so that a bad line stops the run first."""
+    if given:
+        return [("given with --checksum", given)]
+    if file is None:
+        return []
+    found = []
+    for listing in ("sha512sum.txt", "md5sum.txt"):
+        sums = file.parent / listing
+        if not sums.is_file():
+            continue
+        for number, line in enumerate(sums.read_text(errors="replace").splitlines(), 1):
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("*") == file.name:
+                try:
+                    found.append((f"in {sums} line {number}", digest_value(parts[0])))
+                except ValueError as error:
+                    raise SysvmError(f"{sums} line {number}: {_shown(parts[0])}: {error}") from None
+    return found
+
+
+def verify_checksum(path: Path, label: str, digests: list[tuple[str, str]]) -> None:
+    for origin, digest in digests:
+        algorithm = DIGEST_ALGORITHMS[len(digest)]
         actual = hashlib.new(algorithm)
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(CHUNK), b""):
                 actual.update(block)
         if actual.hexdigest() != digest:
-            raise SysvmError(f"{path}: {algorithm} checksum mismatch ({origin}: {digest}, file: {actual.hexdigest()})")
+            raise SysvmError(f"{label}: {algorithm} checksum mismatch ({origin}: {digest}, "
+                             f"file: {actual.hexdigest()})")
 
 
 def _compression(path: Path) -> str:
@@ -276,9 +428,15 @@ def _copy_stream(source: BinaryIO, target: Path) -> None:
         shutil.copyfileobj(source, out, CHUNK)
 
 
-def decompress(source: Path, target: Path) -> None:
-    """Stream the file into target, undoing bzip2, gzip or zip as its content (not its name) says."""
+def decompress(source: Path, target: Path, label: str, name: str) -> None:
+    """Stream the file into target, undoing bzip2, gzip or zip. A name ending in .bz2, .gz or .zip must hold
+    that; any other name is unpacked as its content says. Errors name the file as the user gave it (label)."""
     kind = _compression(source)
+    suffix = PurePosixPath(name).suffix.lower()
+    promised = NAMED_COMPRESSION.get(suffix)
+    if promised is not None and kind != promised:
+        content = "uncompressed" if kind == "none" else f"{kind} data"
+        raise SysvmError(f"{label}: not a {promised} file (its name ends in {suffix}, its content is {content})")
     try:
         if kind == "bzip2":
             with bz2.open(source, "rb") as stream:
@@ -290,13 +448,15 @@ def decompress(source: Path, target: Path) -> None:
             with zipfile.ZipFile(source) as archive:
                 members = [m for m in archive.infolist() if not m.is_dir()]
                 if len(members) != 1:
-                    raise SysvmError(f"{source}: expected one file in the zip archive, found {len(members)}")
+                    raise SysvmError(f"{label}: expected one file in the zip archive, found {len(members)}")
                 with archive.open(members[0]) as stream:
                     _copy_stream(stream, target)
         else:
             shutil.copyfile(source, target)
     except (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile) as error:
-        raise SysvmError(f"{source}: corrupt {kind} data: {error}") from error
+        if isinstance(error, OSError) and error.errno is not None:
+            raise  # the system's failure (no space, I/O), not the data's: install() reports it
+        raise SysvmError(f"{label}: corrupt {kind} data: {error}") from error
 
 
 def download(url: str, target: Path) -> None:
@@ -329,28 +489,37 @@ def properties_text(filename: str, extension: str, template_id: int, size: int, 
     return "\n".join(lines) + "\n"
 
 
-def stage_template(source: Path, staging: Path, extension: str, template_id: int) -> str:
-    """Fill the staging folder: the image as <uuid>.<ext> (an ova also unpacked) and template.properties."""
+def stage_template(source: Path, staging: Path, extension: str, template_id: int, label: str, name: str) -> str:
+    """Fill the staging folder: the image as <uuid>.<ext> (an ova also unpacked) and template.properties.
+    Errors name the file as the user gave it (label; name is its file name), never the staged copy."""
     template_uuid = str(uuid.uuid4())
     filename = f"{template_uuid}.{extension}"
     image = staging / filename
-    decompress(source, image)
-    virtual_source = image
+    decompress(source, image, label, name)
+    virtual_source, disk = image, ""
     if extension == "ova":
         try:
             with tarfile.open(image) as archive:
                 for member in archive.getmembers():
                     if not member.isfile() or "/" in member.name or member.name.startswith("."):
-                        raise SysvmError(f"{source}: unexpected OVA member {member.name!r}")
+                        raise SysvmError(f"{label}: unexpected OVA member {member.name!r}")
                     with archive.extractfile(member) as stream:  # type: ignore[union-attr]
                         _copy_stream(stream, staging / member.name)
         except (tarfile.TarError, OSError) as error:
-            raise SysvmError(f"{source}: corrupt OVA archive: {error}") from error
+            if isinstance(error, OSError) and error.errno is not None:
+                raise  # the system's failure, not the archive's: install() reports it
+            raise SysvmError(f"{label}: corrupt OVA archive: {error}") from error
         disks = sorted(staging.glob("*.vmdk"))
         if not disks:
-            raise SysvmError(f"{source}: the OVA holds no .vmdk disk")
-        virtual_source = disks[0]
-    virtual = header_virtual_size(virtual_source, "vmdk" if extension == "ova" else extension)
+            raise SysvmError(f"{label}: the OVA holds no .vmdk disk")
+        virtual_source, disk = disks[0], f"the OVA's disk {disks[0].name}: "
+    image_format = "vmdk" if extension == "ova" else extension
+    try:
+        virtual = header_virtual_size(virtual_source, image_format)
+    except SysvmError as error:  # it names the staged copy: name the user's file instead
+        raise SysvmError(f"{label}: {disk}{str(error).removeprefix(f'{virtual_source}: ')}") from None
+    except OSError as error:  # a VHD shorter than its footer cannot even be seeked to it
+        raise SysvmError(f"{label}: {disk}not a readable {image_format} image ({error.strerror})") from None
     size = image.stat().st_size
     (staging / "template.properties").write_text(properties_text(filename, extension, template_id, size, virtual))
     return template_uuid
@@ -474,10 +643,15 @@ def locked(templates: Path) -> Iterator[None]:
     has no lock, and scripts that seed several hypervisors at once keep working). The kernel drops a flock
     when its process dies, SIGKILL included, and Linux NFS clients map flock onto NFS byte-range locks. The
     lock file is removed on the way out; comparing inodes after locking keeps that free of races with a run
-    that opened it earlier."""
+    that opened it earlier. The file is never opened through a symbolic link."""
     path = templates / LOCK_NAME
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except FileNotFoundError:
+            # A run that failed has just removed the folders it had made, this lock file's among them.
+            templates.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -642,30 +816,84 @@ def _hand_over(stops: StopSignals, staging: Path, destination: Path, template_id
                   "run removes them")
 
 
+def _template_folders(mount: Path) -> list[Path]:
+    """The folders of template/tmpl/1 that are still to be made, the outermost first. None of them, nor the lock
+    file, may be a symbolic link: the run would write through it, maybe outside the mount."""
+    folders = [mount / "template", mount / "template/tmpl", mount / "template/tmpl/1"]
+    for path in (*folders, folders[-1] / LOCK_NAME):
+        if path.is_symlink():
+            raise SysvmError(f"{path}: a symbolic link; sysvm-seed writes only into the mount's own folders, "
+                             "not through a link that may lead outside it")
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise SysvmError(f"{folder}: not a folder (templates are installed in {folders[-1]})")
+    return [folder for folder in folders if not folder.exists()]
+
+
+@contextmanager
+def _removed_on_failure(folders: list[Path], stops: StopSignals) -> Iterator[None]:
+    """The folders a run makes for the template go again if it fails (after its lock file): a failed install
+    leaves the mount as it was. A folder that another run has put something into meanwhile stays."""
+    try:
+        yield
+    except BaseException:
+        with stops.holding():
+            for folder in reversed(folders):
+                with suppress(OSError):
+                    folder.rmdir()
+        raise
+
+
+def _occupied(destination: Path) -> bool:
+    """Whether installing would replace something: anything at <id> but an empty folder."""
+    if destination.is_symlink() or (destination.exists() and not destination.is_dir()):
+        return True
+    return destination.is_dir() and any(destination.iterdir())
+
+
+def _template_source(args: argparse.Namespace) -> tuple[Path | None, str, str]:
+    """The -f file (None for -u); how every error about it names it: the option as given, never the copy being
+    staged; and its file name, whose ending may promise a compression."""
+    if args.file is None:
+        return None, f"-u {_shown(args.url)}", PurePosixPath(urllib.parse.urlsplit(args.url).path).name
+    source: Path = args.file
+    label = f"-f {_shown(str(source))}"
+    if not source.is_file():
+        raise SysvmError(f"{label}: " + ("is a directory, expected the template image file" if source.is_dir() else
+                                         "not a regular file, expected the template image file" if source.exists()
+                                         else "doesn't exist"))
+    return source, label, source.name
+
+
 def install(args: argparse.Namespace) -> str:
     if not args.mount or not (args.file or args.url) or not args.hypervisor:
         raise SysvmError("-m and -f (or -u) and -h are required (see --help)")
+    check_options(args)
     hypervisor = args.hypervisor.lower()
     if hypervisor not in BY_CLOUDSTACK_NAME:
-        raise SysvmError(f"-h {args.hypervisor}: unknown hypervisor (expected one of: {', '.join(BY_CLOUDSTACK_NAME)})")
-    mount = Path(args.mount)
-    if not mount.is_dir():
-        raise SysvmError(f"mount point {mount} doesn't exist")
-    source = Path(args.file) if args.file else None
-    if source is not None and not source.is_file():
-        raise SysvmError(f"template image file {source} doesn't exist")
+        raise SysvmError(f"-h {_shown(args.hypervisor)}: unknown hypervisor (expected one of: "
+                         f"{', '.join(BY_CLOUDSTACK_NAME)})")
     extension = args.extension or BY_CLOUDSTACK_NAME[hypervisor].seeded_extension
     if extension not in ACCEPTED_EXTENSIONS:
-        raise SysvmError(f"-e {extension}: unknown extension (expected one of: {', '.join(ACCEPTED_EXTENSIONS)})")
+        raise SysvmError(f"-e {_shown(extension)}: unknown extension (expected one of: "
+                         f"{', '.join(ACCEPTED_EXTENSIONS)})")
+    mount: Path = args.mount
+    if not mount.is_dir():
+        problem = "is not a folder (-m takes the secondary storage mount point)" if mount.exists() else \
+            "doesn't exist"  # upstream's words
+        raise SysvmError(f"mount point {_shown(str(mount))} {problem}")
+    source, label, name = _template_source(args)
+    digests = expected_digests(source, args.checksum)
+    templates = mount / "template/tmpl/1"
+    missing = _template_folders(mount)
 
-    with StopSignals() as stops, ExitStack() as lock:
+    with StopSignals() as stops, ExitStack() as held:
         database = database_settings(args)
         template_id = args.template_id
         if template_id is None:
             assert database is not None
             template_id = template_id_from_database(database, hypervisor)
 
-        templates = mount / "template/tmpl/1"
         destination = templates / str(template_id)
         read_write = f"Failed to write to mount point {mount} -- is it mounted read-write?"
 
@@ -678,10 +906,11 @@ def install(args: argparse.Namespace) -> str:
         # Lock, finish what a killed run left, and only then look at the destination: a run that waited for
         # the lock sees what the run before it installed.
         try:
-            if not templates.is_dir():
+            if missing:
                 check_space()  # before creating anything on a mount that cannot take the template anyway
+                held.enter_context(_removed_on_failure(missing, stops))
                 templates.mkdir(parents=True, exist_ok=True)
-            lock.enter_context(locked(templates))
+            held.enter_context(locked(templates))
             with stops.holding():
                 for line in recover(templates, database):
                     _note(line)
@@ -689,7 +918,7 @@ def install(args: argparse.Namespace) -> str:
             where = f": {error.filename}" if error.filename else ""
             raise SysvmError(f"{read_write} ({error.strerror}{where})") from error
         stops.check()
-        if destination.is_dir() and any(destination.iterdir()) and not args.force:
+        if _occupied(destination) and not args.force:
             raise SysvmError(f"Data already exists at destination {destination} -- use -F to force cleanup of old "
                              "template (when upgrading, give the template id with -t)")
         check_space()
@@ -703,13 +932,16 @@ def install(args: argparse.Namespace) -> str:
             if source is None:
                 source = staging / ".download"
                 download(args.url, source)
-            verify_checksum(source, args.checksum)
-            template_uuid = stage_template(source, staging, extension, template_id)
+            verify_checksum(source, label, digests)
+            template_uuid = stage_template(source, staging, extension, template_id, label, name)
             (staging / ".download").unlink(missing_ok=True)
             _fsync_tree(staging)
             _hand_over(stops, staging, destination, template_id, f"{template_uuid}.{extension}", database,
                        args.url or "")
         except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise SysvmError(f"Insufficient free disk space for target folder {templates}: the template did "
+                                 f"not fit ({error.strerror})", EXIT_NO_SPACE) from error
             raise SysvmError(f"Failed to install system vm template to {destination}: {error}") from error
         finally:
             with stops.holding():  # a second Ctrl-C must not cut the clean-up short
@@ -727,15 +959,12 @@ def main(argv: list[str] | None = None) -> int:
     options = parser()
     try:
         args = options.parse_args(argv)
-    except SystemExit:
-        return EXIT_FAILURE
-    if args.help:
-        options.print_help()
-        return 0
-    try:
+        if args.help:
+            options.print_help()
+            return 0
         print(install(args))
     except SysvmError as error:
-        print(f"sysvm-seed: {error}", file=sys.stderr)
+        print(f"sysvm-seed: {_one_line(str(error))}", file=sys.stderr)
         print("Installation failed", file=sys.stderr)
         return error.exit_code
     except (Interrupted, KeyboardInterrupt) as error:
