@@ -92,7 +92,8 @@ class _Options(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     options = _Options(
         prog="sysvm-seed", add_help=False,
-        description="Install a system VM template into secondary storage (cloud-install-sys-tmplt compatible).")
+        description="Install a system VM template into secondary storage "
+                    "(cloud-install-sys-tmplt compatible).")
     options.add_argument("-m", dest="mount", metavar="MOUNT", help="secondary storage mount point")
     source = options.add_mutually_exclusive_group()
     source.add_argument("-f", dest="file", metavar="FILE", help="system VM template file")
@@ -108,9 +109,10 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument("-d", dest="db_password", metavar="PASSWORD", help="database password")
     options.add_argument("-p", dest="db_port", metavar="PORT", help="database port, 1-65535")
     options.add_argument("-s", dest="secret_key", metavar="KEY",
-                         help="the management server's secret key, to decrypt an ENC(...) db.cloud.password in "
-                              "db.properties (default: the first line of the file key beside db.properties for "
-                              "encryption type file, $CLOUD_SECRET_KEY for env; web needs -s)")
+                         help="the management server's secret key, to decrypt an ENC(...) "
+                              "db.cloud.password in db.properties (default: the first line of the file key "
+                              "beside db.properties for encryption type file, $CLOUD_SECRET_KEY for env; web "
+                              "needs -s)")
     options.add_argument("--checksum", metavar="HEX",
                          help="MD5, SHA-256 or SHA-512 of the file, verified before installing")
     options.add_argument("--db-properties", metavar="PATH", default=str(DB_PROPERTIES),
@@ -167,7 +169,8 @@ def url_value(text: str) -> str:
     if not text.isprintable() or " " in text:
         raise ValueError("expected a URL without spaces or control characters")
     if len(text) > MAX_URL_LENGTH:
-        raise ValueError(f"expected at most {MAX_URL_LENGTH} characters (cloud.vm_template.url holds no more)")
+        raise ValueError(f"expected at most {MAX_URL_LENGTH} characters "
+                         "(cloud.vm_template.url holds no more)")
     return text
 
 
@@ -219,7 +222,8 @@ class Properties:
         return self.values.get(key, default)
 
     def checked(self, key: str, check: Callable[[str], T]) -> T | None:
-        """The value of key as check makes it; None when it is absent or empty (the caller's default applies)."""
+        """The value of key as check makes it; None when it is absent or empty (the caller's default
+        applies)."""
         text = self.values.get(key, "")
         if not text:
             return None
@@ -247,8 +251,8 @@ def read_properties(path: Path) -> Properties:
 
 
 def database_settings(args: argparse.Namespace) -> Database | None:
-    """Connection settings from the options, else db.properties, else upstream's defaults; None if nothing says
-    there is a database and a template id was given."""
+    """Connection settings from the options, else db.properties, else upstream's defaults; None if nothing
+    says there is a database and a template id was given."""
     properties = read_properties(args.db_properties)
     stored = properties.get("db.cloud.password")
     encrypted = enclosed(stored)
@@ -280,7 +284,8 @@ def _decrypted(args: argparse.Namespace, properties: Properties, encrypted: str)
 
 
 def _secret_key(args: argparse.Namespace, encryption: str) -> tuple[str, str]:
-    """The management server's secret key and where it came from: -s, else where the server itself reads it."""
+    """The management server's secret key and where it came from: -s, else where the server itself reads
+    it."""
     if args.secret_key is not None:
         return args.secret_key, "-s"
     if encryption == "file":
@@ -299,8 +304,9 @@ def _secret_key(args: argparse.Namespace, encryption: str) -> tuple[str, str]:
         return key, str(key_file)
     if encryption == "env" and os.environ.get(SECRET_KEY_ENV):
         return os.environ[SECRET_KEY_ENV], f"${SECRET_KEY_ENV}"
-    raise SysvmError(f"{args.db_properties}: db.cloud.password is encrypted (db.cloud.encryption.type={encryption}): "
-                     "give the management server's secret key with -s, or the plain password with -d")
+    raise SysvmError(f"{args.db_properties}: db.cloud.password is encrypted "
+                     f"(db.cloud.encryption.type={encryption}): give the management server's secret key "
+                     "with -s, or the plain password with -d")
 
 
 def _note(message: str) -> None:
@@ -319,7 +325,8 @@ def connect(database: Database) -> Iterator[object]:
                                      password=database.password, database="cloud", connect_timeout=10,
                                      autocommit=False)
     except pymysql.MySQLError as error:
-        raise SysvmError(f"cannot reach the cloud database at {database.host}:{database.port}: {error.args[-1]}") from error
+        raise SysvmError(f"cannot reach the cloud database at {database.host}:{database.port}: "
+                         f"{error.args[-1]}") from error
     try:
         yield connection
     finally:
@@ -341,8 +348,8 @@ def template_id_from_database(database: Database, hypervisor: str) -> int:
         raise SysvmError(f"Unable to get template Id from database: no SYSTEM template for {hypervisor_type}")
     if not isinstance(row[0], int) or not 1 <= row[0] <= MAX_TEMPLATE_ID:
         raise SysvmError(f"Unable to get template Id from database: the highest SYSTEM template id for "
-                         f"{hypervisor_type} in cloud.vm_template is {row[0]!r}, expected a positive integer up "
-                         f"to {MAX_TEMPLATE_ID} (give the id with -t)")
+                         f"{hypervisor_type} in cloud.vm_template is {row[0]!r}, expected a positive integer "
+                         f"up to {MAX_TEMPLATE_ID} (give the id with -t)")
     return row[0]
 
 
@@ -436,7 +443,8 @@ def decompress(source: Path, target: Path, label: str, name: str) -> None:
     promised = NAMED_COMPRESSION.get(suffix)
     if promised is not None and kind != promised:
         content = "uncompressed" if kind == "none" else f"{kind} data"
-        raise SysvmError(f"{label}: not a {promised} file (its name ends in {suffix}, its content is {content})")
+        raise SysvmError(f"{label}: not a {promised} file (its name ends in {suffix}, its content is "
+                         f"{content})")
     try:
         if kind == "bzip2":
             with bz2.open(source, "rb") as stream:
@@ -469,7 +477,7 @@ def download(url: str, target: Path) -> None:
                 done += len(block)
                 if total and done * 100 // total >= shown + 10:
                     shown = done * 100 // total
-                    print(f"sysvm-seed: downloaded {shown}% of {total / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+                    _note(f"downloaded {shown}% of {total / 2**20:.0f} MiB")
     except (OSError, ValueError) as error:
         raise SysvmError(f"Failed to fetch system vm template from {url}: {error}") from error
 
@@ -484,12 +492,13 @@ def free_kb(path: Path) -> int:
 def properties_text(filename: str, extension: str, template_id: int, size: int, virtual: int) -> str:
     lines = [f"filename={filename}", "description=SystemVM Template", "hvm=false", f"size={size}",
              f"{extension}=true", f"id={template_id}", "public=true", f"{extension}.filename={filename}",
-             f"uniquename=routing-{template_id}", f"{extension}.virtualsize={virtual}", f"virtualsize={virtual}",
-             f"{extension}.size={size}"]
+             f"uniquename=routing-{template_id}", f"{extension}.virtualsize={virtual}",
+             f"virtualsize={virtual}", f"{extension}.size={size}"]
     return "\n".join(lines) + "\n"
 
 
-def stage_template(source: Path, staging: Path, extension: str, template_id: int, label: str, name: str) -> str:
+def stage_template(source: Path, staging: Path, extension: str, template_id: int, label: str,
+                   name: str) -> str:
     """Fill the staging folder: the image as <uuid>.<ext> (an ova also unpacked) and template.properties.
     Errors name the file as the user gave it (label; name is its file name), never the staged copy."""
     template_uuid = str(uuid.uuid4())
@@ -521,7 +530,8 @@ def stage_template(source: Path, staging: Path, extension: str, template_id: int
     except OSError as error:  # a VHD shorter than its footer cannot even be seeked to it
         raise SysvmError(f"{label}: {disk}not a readable {image_format} image ({error.strerror})") from None
     size = image.stat().st_size
-    (staging / "template.properties").write_text(properties_text(filename, extension, template_id, size, virtual))
+    properties = properties_text(filename, extension, template_id, size, virtual)
+    (staging / "template.properties").write_text(properties)
     return template_uuid
 
 
@@ -576,7 +586,8 @@ class StopSignals:
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+            restored = handler if handler is not None else signal.SIG_DFL
+            signal.signal(signum, restored)  # type: ignore[arg-type]
         self._previous.clear()
 
     @contextmanager
@@ -593,12 +604,13 @@ class StopSignals:
 
 
 def _pause_point(step: str) -> None:
-    """Test hook for the fault table (tests/test_seed_faults.py); inert unless SYSVM_SEED_PAUSE_AT=<step>:<marker>
-    names this step. Two renames follow each other within microseconds and no slow input can stretch the gap,
-    so a test can put a signal there deterministically only if the process waits there: it creates the marker
-    file and waits until the test removes it (at most 5 minutes). Steps: copy (first MiB of the image
-    written), moved-aside (old folder set aside, new one not yet in place), installed (new folder in place,
-    row not updated), updating (just before the row update), committed (row updated, old folder not removed)."""
+    """Test hook for the fault table (tests/test_seed_faults.py); inert unless
+    SYSVM_SEED_PAUSE_AT=<step>:<marker> names this step. Two renames follow each other within microseconds
+    and no slow input can stretch the gap, so a test can put a signal there deterministically only if the
+    process waits there: it creates the marker file and waits until the test removes it (at most 5 minutes).
+    Steps: copy (first MiB of the image written), moved-aside (old folder set aside, new one not yet in
+    place), installed (new folder in place, row not updated), updating (just before the row update),
+    committed (row updated, old folder not removed)."""
     wanted, _, marker = os.environ.get(PAUSE_ENV, "").partition(":")
     if wanted != step or not marker:
         return
@@ -698,8 +710,9 @@ def _recover_journal(templates: Path, journal: Path, database: Database | None) 
     back. Every step leaves a state this function handles again, so it can itself be killed and rerun."""
     try:
         entry = json.loads(journal.read_text())
-        template_id, new_uuid, filename = int(entry["template_id"]), str(entry["uuid"]), str(entry["filename"])
-        staging_name, replaced_name, uses_database = entry["staging"], entry["replaced"], bool(entry["database"])
+        template_id, new_uuid = int(entry["template_id"]), str(entry["uuid"])
+        filename, staging_name, replaced_name = str(entry["filename"]), entry["staging"], entry["replaced"]
+        uses_database = bool(entry["database"])
         if not STAGING.fullmatch(staging_name) or (replaced_name and not REPLACED.fullmatch(replaced_name)) \
                 or "/" in filename:
             raise ValueError("unexpected names")
@@ -711,9 +724,9 @@ def _recover_journal(templates: Path, journal: Path, database: Database | None) 
     committed = new_in_place = (destination / filename).is_file()
     if new_in_place and uses_database:
         if database is None:
-            raise SysvmError(f"{journal}: an interrupted run left this journal; whether it updated the database "
-                             "row decides what to keep: run sysvm-seed again with the database settings (-o -r -d "
-                             "-p or db.properties)")
+            raise SysvmError(f"{journal}: an interrupted run left this journal; whether it updated the "
+                             "database row decides what to keep: run sysvm-seed again with the database "
+                             "settings (-o -r -d -p or db.properties)")
         committed = template_row_uuid(database, template_id) == new_uuid
     if committed:
         if replaced is not None:
@@ -722,11 +735,13 @@ def _recover_journal(templates: Path, journal: Path, database: Database | None) 
     else:
         remove_tree(staging)
         if new_in_place:
-            _rename(destination, staging)  # the unfinished template goes back to its staging name, removed below
+            # The unfinished template goes back to its staging name, removed below.
+            _rename(destination, staging)
         if replaced is not None and replaced.exists():
             if destination.exists():
-                raise SysvmError(f"{journal}: both {destination} and {replaced} exist and the interrupted run "
-                                 f"did not finish: keep one of them as {destination}, then remove the journal")
+                raise SysvmError(f"{journal}: both {destination} and {replaced} exist and the interrupted "
+                                 f"run did not finish: keep one of them as {destination}, then remove the "
+                                 "journal")
             _rename(replaced, destination)
             outcome = f"restored {destination} from {replaced.name}"
         else:
@@ -766,9 +781,9 @@ def _roll_back(destination: Path, staging: Path, old: Path, journal: Path, moved
             _rename(old, destination)
         journal.unlink(missing_ok=True)
     except OSError as error:
-        raise SysvmError(f"{str(cause) or type(cause).__name__}; putting the old template back into {destination} "
-                         f"failed too ({error.strerror}): it is kept as {old} with the journal {journal.name}, and "
-                         "the next sysvm-seed run on this mount restores it") from error
+        raise SysvmError(f"{str(cause) or type(cause).__name__}; putting the old template back into "
+                         f"{destination} failed too ({error.strerror}): it is kept as {old} with the journal "
+                         f"{journal.name}, and the next sysvm-seed run on this mount restores it") from error
 
 
 def _hand_over(stops: StopSignals, staging: Path, destination: Path, template_id: int, filename: str,
@@ -788,7 +803,8 @@ def _hand_over(stops: StopSignals, staging: Path, destination: Path, template_id
         _write_journal(journal, {
             "template_id": template_id, "uuid": template_uuid, "filename": filename, "staging": staging.name,
             "replaced": old.name if destination.exists() else None, "database": database is not None,
-            "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         try:
             if destination.exists():
                 _rename(destination, old)
@@ -812,13 +828,13 @@ def _hand_over(stops: StopSignals, staging: Path, destination: Path, template_id
             remove_tree(old)
             journal.unlink()
         except OSError as error:
-            _note(f"installed, but {old.name} or {journal.name} could not be removed ({error.strerror}); the next "
-                  "run removes them")
+            _note(f"installed, but {old.name} or {journal.name} could not be removed ({error.strerror}); the "
+                  "next run removes them")
 
 
 def _template_folders(mount: Path) -> list[Path]:
-    """The folders of template/tmpl/1 that are still to be made, the outermost first. None of them, nor the lock
-    file, may be a symbolic link: the run would write through it, maybe outside the mount."""
+    """The folders of template/tmpl/1 that are still to be made, the outermost first. None of them, nor the
+    lock file, may be a symbolic link: the run would write through it, maybe outside the mount."""
     folders = [mount / "template", mount / "template/tmpl", mount / "template/tmpl/1"]
     for path in (*folders, folders[-1] / LOCK_NAME):
         if path.is_symlink():
@@ -859,9 +875,9 @@ def _template_source(args: argparse.Namespace) -> tuple[Path | None, str, str]:
     source: Path = args.file
     label = f"-f {_shown(str(source))}"
     if not source.is_file():
-        raise SysvmError(f"{label}: " + ("is a directory, expected the template image file" if source.is_dir() else
-                                         "not a regular file, expected the template image file" if source.exists()
-                                         else "doesn't exist"))
+        problem = "is a directory" if source.is_dir() else "not a regular file" if source.exists() else None
+        raise SysvmError(f"{label}: {problem}, expected the template image file" if problem else
+                         f"{label}: doesn't exist")
     return source, label, source.name
 
 
@@ -919,8 +935,8 @@ def install(args: argparse.Namespace) -> str:
             raise SysvmError(f"{read_write} ({error.strerror}{where})") from error
         stops.check()
         if _occupied(destination) and not args.force:
-            raise SysvmError(f"Data already exists at destination {destination} -- use -F to force cleanup of old "
-                             "template (when upgrading, give the template id with -t)")
+            raise SysvmError(f"Data already exists at destination {destination} -- use -F to force cleanup "
+                             "of old template (when upgrading, give the template id with -t)")
         check_space()
         staging = templates / f".{template_id}.seeding-{os.getpid()}"
         try:
@@ -940,8 +956,8 @@ def install(args: argparse.Namespace) -> str:
                        args.url or "")
         except OSError as error:
             if error.errno == errno.ENOSPC:
-                raise SysvmError(f"Insufficient free disk space for target folder {templates}: the template did "
-                                 f"not fit ({error.strerror})", EXIT_NO_SPACE) from error
+                raise SysvmError(f"Insufficient free disk space for target folder {templates}: the template "
+                                 f"did not fit ({error.strerror})", EXIT_NO_SPACE) from error
             raise SysvmError(f"Failed to install system vm template to {destination}: {error}") from error
         finally:
             with stops.holding():  # a second Ctrl-C must not cut the clean-up short

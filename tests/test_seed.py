@@ -39,8 +39,8 @@ def rows(connection) -> dict[int, tuple]:
 
 
 def db_args(database) -> list[str]:
-    return ["-o", database["host"], "-p", str(database["port"]), "-r", database["user"], "-d", database["password"],
-            "--db-properties", "/nonexistent/db.properties"]
+    return ["-o", database["host"], "-p", str(database["port"]), "-r", database["user"], "-d",
+            database["password"], "--db-properties", "/nonexistent/db.properties"]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,9 @@ def images(tmp_path_factory) -> dict[str, Path]:
     write_ova(made["vmware"], "t-vmware", vmdk, 64 * MIB)
     with zipfile.ZipFile(made["hyperv"], "w") as archive:
         archive.write(vhd, "t-hyperv.vhd")
-    made["raw_sizes"] = {"kvm": qcow2.stat().st_size, "xenserver": vhd.stat().st_size,  # type: ignore[assignment]
-                         "hyperv": vhd.stat().st_size, "vmware": made["vmware"].stat().st_size}
+    made["raw_sizes"] = {  # type: ignore[assignment]
+        "kvm": qcow2.stat().st_size, "xenserver": vhd.stat().st_size, "hyperv": vhd.stat().st_size,
+        "vmware": made["vmware"].stat().st_size}
     return made
 
 
@@ -66,11 +67,14 @@ def properties(folder: Path) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("hypervisor", "ext", "template_id"),
-                         [("kvm", "qcow2", 3), ("xenserver", "vhd", 2), ("vmware", "ova", 5), ("hyperv", "vhd", 6)])
-def test_seed_each_artifact_type_with_id_from_database(tmp_path, database, db, images, hypervisor, ext, template_id):
+                         [("kvm", "qcow2", 3), ("xenserver", "vhd", 2), ("vmware", "ova", 5),
+                          ("hyperv", "vhd", 6)])
+def test_seed_each_artifact_type_with_id_from_database(tmp_path, database, db, images, hypervisor, ext,
+                                                       template_id):
     mount = tmp_path / "secondary"
     mount.mkdir()
-    assert seed.main(["-m", str(mount), "-f", str(images[hypervisor]), "-h", hypervisor, *db_args(database)]) == 0
+    assert seed.main(["-m", str(mount), "-f", str(images[hypervisor]), "-h", hypervisor,
+                      *db_args(database)]) == 0
     folder = mount / f"template/tmpl/1/{template_id}"
     values = properties(folder)
     assert [key for key, _ in values] == [key.format(ext=ext) for key in KEYS]
@@ -140,9 +144,11 @@ def test_existing_template_needs_force_and_force_replaces(seeded, database, db, 
 
 @pytest.mark.parametrize("case", ["bad-checksum", "corrupt-bz2", "missing-file", "wrong-sum-beside-the-file",
                                   "bad-sum-line-beside-the-file", "no-database", "no-id", "usage",
-                                  "unknown-hypervisor", "encrypted-without-key-file", "encrypted-key-file-not-utf8",
-                                  "encrypted-web-without-s", "encrypted-wrong-s"])
-def test_failures_leave_destination_and_database_unchanged(case, seeded, database, db, images, tmp_path, capsys):
+                                  "unknown-hypervisor", "encrypted-without-key-file",
+                                  "encrypted-key-file-not-utf8", "encrypted-web-without-s",
+                                  "encrypted-wrong-s"])
+def test_failures_leave_destination_and_database_unchanged(case, seeded, database, db, images, tmp_path,
+                                                           capsys):
     before, table = snapshot(seeded), rows(db)
     base = ["-m", str(seeded), "-h", "kvm", "-F", *db_args(database)]
     if case == "bad-checksum":
@@ -155,13 +161,15 @@ def test_failures_leave_destination_and_database_unchanged(case, seeded, databas
         broken.write_bytes(bytes(data))
         argv, message = [*base, "-f", str(broken)], "corrupt bzip2 data"
     elif case == "missing-file":
-        argv, message = [*base, "-f", str(tmp_path / "nope.qcow2.bz2")], f"-f {tmp_path}/nope.qcow2.bz2: doesn't exist"
+        argv = [*base, "-f", str(tmp_path / "nope.qcow2.bz2")]
+        message = f"-f {tmp_path}/nope.qcow2.bz2: doesn't exist"
     elif case == "no-database":
         argv = ["-m", str(seeded), "-h", "kvm", "-F", "-f", str(images["kvm"]), "-o", "127.0.0.1", "-p", "1",
                 "-r", "x", "-d", "y", "--db-properties", "/nonexistent"]
         message = "cannot reach the cloud database at 127.0.0.1:1"
     elif case == "no-id":
-        argv, message = [*base[:2], "-h", "lxc", *base[4:], "-f", str(images["kvm"])], "Unable to get template Id"
+        argv = [*base[:2], "-h", "lxc", *base[4:], "-f", str(images["kvm"])]
+        message = "Unable to get template Id"
     elif case == "wrong-sum-beside-the-file":
         published = tmp_path / "published"
         published.mkdir()
@@ -179,18 +187,20 @@ def test_failures_leave_destination_and_database_unchanged(case, seeded, databas
         artifact.write_bytes(images["kvm"].read_bytes())
         (published / "md5sum.txt").write_bytes(b"\xff" + f"zz  {artifact.name}\n".encode())
         argv = [*base, "-f", str(artifact)]
-        message = (f"{published / 'md5sum.txt'} line 1: \ufffdzz: expected 32, 64 or 128 hexadecimal digits (MD5, "
-                   "SHA-256 or SHA-512)")
+        message = (f"{published / 'md5sum.txt'} line 1: \ufffdzz: expected 32, 64 or 128 hexadecimal digits "
+                   "(MD5, SHA-256 or SHA-512)")
     elif case == "usage":
         argv, message = ["-m", str(seeded)], "-m and -f (or -u) and -h are required"
     elif case == "unknown-hypervisor":
         argv, message = [*base[:2], "-h", "bhyve", "-f", str(images["kvm"])], "-h bhyve: unknown hypervisor"
     else:
-        props = encrypted_db_properties(tmp_path, database, "web" if "web" in case else "file", key_file=False)
+        kind = "web" if "web" in case else "file"
+        props = encrypted_db_properties(tmp_path, database, kind, key_file=False)
         argv = ["-m", str(seeded), "-h", "kvm", "-F", "-f", str(images["kvm"]), "--db-properties", str(props)]
         if case == "encrypted-without-key-file":
             message = (f"{tmp_path / 'key'}: no management server secret key (No such file or directory) to "
-                       f"decrypt db.cloud.password in {props}: give the key with -s, or the plain password with -d")
+                       f"decrypt db.cloud.password in {props}: give the key with -s, or the plain password "
+                       "with -d")
         elif case == "encrypted-key-file-not-utf8":
             (tmp_path / "key").write_bytes(b"\xff\xfekey\n")
             message = (f"{tmp_path / 'key'}: no management server secret key (not UTF-8 text) to decrypt "
@@ -200,20 +210,22 @@ def test_failures_leave_destination_and_database_unchanged(case, seeded, databas
                        "management server's secret key with -s, or the plain password with -d")
         else:
             argv += ["-s", "not-the-key"]
-            message = (f"{props}: db.cloud.password: the secret key does not decrypt it (tried encryptor V2): "
-                       "wrong key? (key from -s)")
+            message = (f"{props}: db.cloud.password: the secret key does not decrypt it (tried encryptor "
+                       "V2): wrong key? (key from -s)")
     _fails(argv, 2, message, capsys)
     assert snapshot(seeded) == before
     assert rows(db) == table
 
 
-def encrypted_db_properties(folder: Path, database, kind: str, version: str = "V2", key_file: bool = True) -> Path:
+def encrypted_db_properties(folder: Path, database, kind: str, version: str = "V2",
+                            key_file: bool = True) -> Path:
     """db.properties as cloudstack-setup-databases writes it with encryption on: the database's password
     encrypted with the management server's key MANAGEMENT_KEY, which is in the file key beside it."""
     encrypt = {"V1": encrypt_v1, "V2": encrypt_v2, "": encrypt_v1}[version]
     props = folder / "db.properties"
     lines = ["db.cloud.host=127.0.0.1", f"db.cloud.port={database['port']}", "db.cloud.username=cloud",
-             f"db.cloud.encryption.type={kind}", f"db.cloud.password=ENC({encrypt(database['password'], MANAGEMENT_KEY)})"]
+             f"db.cloud.encryption.type={kind}",
+             f"db.cloud.password=ENC({encrypt(database['password'], MANAGEMENT_KEY)})"]
     if version:
         lines.append(f"db.cloud.encryptor.version={version}")
     props.write_text("\n".join(lines) + "\n")
@@ -237,9 +249,10 @@ ENCRYPTED = {"file, V2, key file": ("file", "V2", [], {}),
 
 
 @pytest.mark.parametrize("case", ENCRYPTED)
-def test_an_encrypted_password_is_decrypted_as_the_management_server_does(case, tmp_path, database, db, images,
-                                                                           capsys, monkeypatch):
-    """Host, port, user and the encrypted password all come from db.properties; the key as upstream finds it."""
+def test_an_encrypted_password_is_decrypted_as_the_management_server_does(case, tmp_path, database, db,
+                                                                           images, capsys, monkeypatch):
+    """Host, port, user and the encrypted password all come from db.properties; the key as upstream finds
+    it."""
     kind, version, options, environment = ENCRYPTED[case]
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
@@ -268,7 +281,8 @@ def test_an_unused_secret_key_is_not_silently_ignored(with_database, tmp_path, d
     mount = tmp_path / "secondary"
     mount.mkdir()
     settings = db_args(database) if with_database else ["-t", "3", "--db-properties", "/nonexistent"]
-    assert seed.main(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-s", "password", *settings]) == 0
+    assert seed.main(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-s", "password",
+                      *settings]) == 0
     err = capsys.readouterr().err
     reason = "-d gives the password" if with_database else "there is no /nonexistent"
     assert f"sysvm-seed: -s not used: {reason}" in err, err
@@ -328,17 +342,14 @@ def test_gzip_is_detected_by_content(tmp_path, images):
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_ID = "9223372036854775807"
+ID_EXPECTED = f"expected a template id, a positive integer up to {MAX_ID}"
 WITH_FILE = ["-m", "{mount}", "-f", "{image}", "-h", "kvm", "--db-properties", "/nonexistent"]
 WITH_URL = ["-m", "{mount}", "-h", "kvm", "-t", "3", "--db-properties", "/nonexistent"]
 # (case, arguments, the one line that refuses them); {mount}, {image} and {tmp} are filled in by the test.
 BAD_OPTIONS = [
-    ("-t negative", [*WITH_FILE, "-t", "-5"], f"-t -5: expected a template id, a positive integer up to {MAX_ID}"),
-    ("-t zero", [*WITH_FILE, "-t", "0"], f"-t 0: expected a template id, a positive integer up to {MAX_ID}"),
-    ("-t word", [*WITH_FILE, "-t", "abc"], f"-t abc: expected a template id, a positive integer up to {MAX_ID}"),
-    ("-t non-ASCII digit", [*WITH_FILE, "-t", "٣"],
-     f"-t ٣: expected a template id, a positive integer up to {MAX_ID}"),
-    ("-t above a long", [*WITH_FILE, "-t", str(2**63)],
-     f"-t {2**63}: expected a template id, a positive integer up to {MAX_ID}"),
+    *[(f"-t {case}", [*WITH_FILE, "-t", value], f"-t {value}: {ID_EXPECTED}")
+      for case, value in [("negative", "-5"), ("zero", "0"), ("word", "abc"), ("non-ASCII digit", "٣"),
+                          ("above a long", str(2**63))]],
     ("-t without value", [*WITH_FILE, "-t"], "argument -t: expected one argument (see --help)"),
     ("-p word", [*WITH_FILE, "-p", "abc"], "-p abc: expected a port, 1-65535"),
     ("-p zero", [*WITH_FILE, "-p", "0"], "-p 0: expected a port, 1-65535"),
@@ -390,10 +401,16 @@ BAD_OPTIONS = [
 ]
 
 
+def standalone(mount: Path, *options: str) -> list[str]:
+    """A run on mount with template id 3 and no database."""
+    return ["-m", str(mount), *options, "-t", "3", "--db-properties", "/nonexistent"]
+
+
 def _refused(argv: list[str], message: str, capsys, code: int = 2) -> None:
     """The run fails with exactly this one line, and upstream's closing line (after -u's progress lines)."""
     assert seed.main(argv) == code
-    said = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("sysvm-seed: downloaded ")]
+    said = [line for line in capsys.readouterr().err.splitlines()
+            if not line.startswith("sysvm-seed: downloaded ")]
     assert said == [f"sysvm-seed: {message}", "Installation failed"]
 
 
@@ -420,7 +437,8 @@ BAD_DB_PROPERTIES = [
     ("port word", "db.cloud.port=abc", "db.cloud.port=abc: expected a port, 1-65535"),
     ("port zero", "db.cloud.port=0", "db.cloud.port=0: expected a port, 1-65535"),
     ("port too big", "db.cloud.port=65536", "db.cloud.port=65536: expected a port, 1-65535"),
-    ("host with a space", "db.cloud.host = db host", "db.cloud.host='db host': expected a host name or IP address"),
+    ("host with a space", "db.cloud.host = db host",
+     "db.cloud.host='db host': expected a host name or IP address"),
     ("host with a control character", "db.cloud.host=db\x1bhost",
      "db.cloud.host='db\\x1bhost': expected a host name or IP address"),
     ("user with a control character", "db.cloud.username=cl\x07oud",
@@ -444,7 +462,8 @@ def test_a_template_id_from_the_database_must_be_positive(mount, database, db, i
                        "VALUES (0, 't0', 't0', 'SYSTEM', 'LXC')")
     _refused(["-m", str(mount), "-f", str(images["kvm"]), "-h", "lxc", *db_args(database)],
              "Unable to get template Id from database: the highest SYSTEM template id for LXC in "
-             f"cloud.vm_template is 0, expected a positive integer up to {MAX_ID} (give the id with -t)", capsys)
+             f"cloud.vm_template is 0, expected a positive integer up to {MAX_ID} (give the id with -t)",
+             capsys)
     assert list(mount.iterdir()) == []
 
 
@@ -471,9 +490,11 @@ FAILING_INSTALLS = [
      "not a bzip2 file (its name ends in .bz2, its content is uncompressed)"),
     ("gzip named .bz2", "kvm",
      lambda images, folder: _written(folder / "t.qcow2.bz2", gzip.compress(bz2.decompress(
-         images["kvm"].read_bytes()))), [], "not a bzip2 file (its name ends in .bz2, its content is gzip data)"),
-    ("text inside bzip2", "kvm", lambda images, folder: _written(folder / "t.qcow2.bz2", bz2.compress(b"text\n")),
-     [], "not a qcow2 image"),
+         images["kvm"].read_bytes()))), [],
+     "not a bzip2 file (its name ends in .bz2, its content is gzip data)"),
+    ("text inside bzip2", "kvm",
+     lambda images, folder: _written(folder / "t.qcow2.bz2", bz2.compress(b"text\n")), [],
+     "not a qcow2 image"),
     ("tiny vhd", "xenserver", lambda images, folder: _written(folder / "t.vhd.bz2", bz2.compress(b"text\n")),
      [], "not a readable vhd image (Invalid argument)"),
     ("OVA without a disk", "vmware", lambda images, folder: _ova_without_disk(folder), [],
@@ -493,16 +514,18 @@ def _written(path: Path, data: bytes) -> Path:
 @pytest.mark.parametrize("given_as", ["-f", "-u"])
 @pytest.mark.parametrize(("hypervisor", "make", "extra", "message"), [case[1:] for case in FAILING_INSTALLS],
                          ids=[case[0] for case in FAILING_INSTALLS])
-def test_a_bad_file_is_named_as_given_and_leaves_the_mount_as_it_was(given_as, hypervisor, make, extra, message,
-                                                                      tmp_path, mount, images, capsys):
-    """Errors name -f FILE or -u URL, never the hidden copy being staged; the folders the run made go again."""
+def test_a_bad_file_is_named_as_given_and_leaves_the_mount_as_it_was(given_as, hypervisor, make, extra,
+                                                                      message, tmp_path, mount, images,
+                                                                      capsys):
+    """Errors name -f FILE or -u URL, never the hidden copy being staged; the folders the run made go
+    again."""
     published = tmp_path / "published"
     published.mkdir()
     source = make(images, published)
     given = str(source) if given_as == "-f" else source.as_uri()
     md5 = hashlib.md5(source.read_bytes()).hexdigest()  # noqa: S324 (what --checksum was given)
-    _refused(["-m", str(mount), given_as, given, "-h", hypervisor, "-t", "3", "--db-properties", "/nonexistent",
-              *extra], f"{given_as} {given}: {message.format(md5=md5)}", capsys)
+    _refused(standalone(mount, given_as, given, "-h", hypervisor, *extra),
+             f"{given_as} {given}: {message.format(md5=md5)}", capsys)
     assert list(mount.iterdir()) == []
 
 
@@ -512,7 +535,7 @@ def test_a_failed_install_removes_only_the_folders_it_made(existing, tmp_path, m
     (mount / "template/unrelated.txt").write_text("kept\n")
     before = snapshot(mount)
     text = _written(tmp_path / "t.qcow2.bz2", b"not an image\n")
-    _refused(["-m", str(mount), "-f", str(text), "-h", "kvm", "-t", "3", "--db-properties", "/nonexistent"],
+    _refused(standalone(mount, "-f", str(text), "-h", "kvm"),
              f"-f {text}: not a bzip2 file (its name ends in .bz2, its content is uncompressed)", capsys)
     assert snapshot(mount) == before
 
@@ -529,30 +552,31 @@ def test_a_refused_database_update_on_a_fresh_mount_leaves_it_empty(mount, datab
 
 def test_running_out_of_space_while_writing_exits_4_and_leaves_nothing(tmp_path, images, monkeypatch, capsys):
     big = _written(tmp_path / "big.qcow2.bz2", bz2.compress(b"QFI\xfb" + bytes(8 * MIB)))
-    monkeypatch.setattr(seed, "REQUIRED_FREE_KB", 1)  # the early check passes; the image is larger than the mount
+    monkeypatch.setattr(seed, "REQUIRED_FREE_KB", 1)  # the early check passes; the image outgrows the mount
     with tmpfs(tmp_path / "small", "size=2M") as small:
-        _refused(["-m", str(small), "-f", str(big), "-h", "kvm", "-t", "3", "--db-properties", "/nonexistent"],
-                 f"Insufficient free disk space for target folder {small}/template/tmpl/1: the template did not "
-                 "fit (No space left on device)", capsys, code=4)
+        _refused(standalone(small, "-f", str(big), "-h", "kvm"),
+                 f"Insufficient free disk space for target folder {small}/template/tmpl/1: the template did "
+                 "not fit (No space left on device)", capsys, code=4)
         assert list(small.iterdir()) == []
 
 
-@pytest.mark.parametrize("link", ["template", "template/tmpl", "template/tmpl/1", "template/tmpl/1/.sysvm-seed.lock"])
+@pytest.mark.parametrize("link", ["template", "template/tmpl", "template/tmpl/1",
+                                  "template/tmpl/1/.sysvm-seed.lock"])
 def test_a_symbolic_link_on_the_way_is_not_written_through(link, tmp_path, mount, images, capsys):
     outside = tmp_path / "outside"
     outside.mkdir()
     (mount / link).parent.mkdir(parents=True, exist_ok=True)
     (mount / link).symlink_to(outside / "lock" if link.endswith(".lock") else outside)
     before = snapshot(tmp_path)
-    _refused(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "3", "--db-properties", "/nonexistent"],
-             f"{mount / link}: a symbolic link; sysvm-seed writes only into the mount's own folders, not through "
-             "a link that may lead outside it", capsys)
+    _refused(standalone(mount, "-f", str(images["kvm"]), "-h", "kvm"),
+             f"{mount / link}: a symbolic link; sysvm-seed writes only into the mount's own folders, not "
+             "through a link that may lead outside it", capsys)
     assert snapshot(tmp_path) == before
 
 
 def test_a_file_where_a_folder_belongs_is_named(mount, images, capsys):
     (mount / "template").write_text("not a folder\n")
-    _refused(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "3", "--db-properties", "/nonexistent"],
+    _refused(standalone(mount, "-f", str(images["kvm"]), "-h", "kvm"),
              f"{mount}/template: not a folder (templates are installed in {mount}/template/tmpl/1)", capsys)
     assert (mount / "template").read_text() == "not a folder\n"
 
@@ -561,26 +585,25 @@ def test_a_file_at_the_destination_is_replaced_only_with_force(mount, images, ca
     destination = mount / "template/tmpl/1/3"
     destination.parent.mkdir(parents=True)
     destination.write_text("someone's file\n")
-    argv = ["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "3", "--db-properties", "/nonexistent"]
-    _refused(argv, f"Data already exists at destination {destination} -- use -F to force cleanup of old template "
-             "(when upgrading, give the template id with -t)", capsys)
+    argv = standalone(mount, "-f", str(images["kvm"]), "-h", "kvm")
+    _refused(argv, f"Data already exists at destination {destination} -- use -F to force cleanup of old "
+             "template (when upgrading, give the template id with -t)", capsys)
     assert destination.read_text() == "someone's file\n"
     assert seed.main([*argv, "-F"]) == 0
     assert (destination / "template.properties").is_file()
 
 
 def test_a_run_waiting_for_a_failing_first_run_makes_the_folders_again(tmp_path, mount, images):
-    """On a fresh mount, the first run makes template/tmpl/1, then fails while a second waits for its lock, and
-    removes the folders it made: the second makes them again and installs."""
+    """On a fresh mount, the first run makes template/tmpl/1, then fails while a second waits for its lock,
+    and removes the folders it made: the second makes them again and installs."""
     raw = b"QFI\xfb" + random.Random(5).randbytes(3 * MIB)
     data = bytearray(bz2.compress(raw, 1))
     data[-20000:-19000] = bytes(1000)  # a late block is corrupt: the first MiB decompresses, then it fails
     broken = _written(tmp_path / "broken.qcow2.bz2", bytes(data))
     marker = tmp_path / "paused"
-    argv = [sys.executable, "-m", "sysvm.seed", "-m", str(mount), "-h", "kvm", "-t", "3", "--db-properties",
-            "/nonexistent", "-f"]
-    first = subprocess.Popen([*argv, str(broken)], cwd=ROOT, env={**os.environ, seed.PAUSE_ENV: f"copy:{marker}"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-m", "sysvm.seed", *standalone(mount, "-h", "kvm"), "-f"]
+    first = subprocess.Popen([*argv, str(broken)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, seed.PAUSE_ENV: f"copy:{marker}"})
     second = None
     try:
         deadline = time.monotonic() + 60
