@@ -1,7 +1,9 @@
-"""Invoke tasks: the commands of sysvm/cli.py (also `sysvm <command>`), with Invoke's parsing, plus `test`."""
+"""Invoke tasks: the commands of sysvm/cli.py (also `sysvm <command>`), with Invoke's parsing, plus `test`
+and `faults`."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +11,9 @@ from invoke import Context, task
 
 from sysvm import cli
 from sysvm.cli import HELP
+from sysvm.errors import SysvmError
+
+CHECKOUT = Path(__file__).resolve().parent
 
 CONFIG_HELP = {"config": HELP["config"], "set_": HELP["set"]}
 STAGE_HELP = {**CONFIG_HELP, "force": HELP["force"]}
@@ -47,9 +52,12 @@ def verify(c: Context, config: str = "", set_: list[str] | None = None, artifact
 @task(help={"args": f"{HELP['seed']}, quoted as one argument"})
 @summary(cli.seed)
 def seed(c: Context, args: str = "") -> None:
-    import shlex
-
-    raise SystemExit(cli.seed(shlex.split(args)))
+    try:
+        arguments = shlex.split(args)
+    except ValueError as error:  # an unbalanced quote or a trailing backslash
+        reason = str(error).lower()
+        cli.stop(SysvmError(f"--args: {reason} in {args!r} (quote seed's options as a shell would)"))
+    raise SystemExit(cli.seed(arguments))
 
 
 @task(iterable=["set_"], help=CONFIG_HELP)
@@ -77,7 +85,7 @@ def test(c: Context, quick: bool = False) -> None:
     """Run ruff and the whole test suite, end-to-end image tests included."""
     from sysvm.selftest import run_tests
 
-    raise SystemExit(cli.guarded(lambda: run_tests(Path(__file__).resolve().parent, quick)))
+    raise SystemExit(cli.guarded(lambda: run_tests(CHECKOUT, quick)))
 
 
 @task
@@ -85,4 +93,4 @@ def faults(c: Context) -> None:
     """Both fault tables in full: each build stage and seeding stopped by SIGTERM and SIGKILL (some 18 min under TCG)."""
     from sysvm.selftest import run_fault_tables
 
-    raise SystemExit(cli.guarded(lambda: run_fault_tables(Path(__file__).resolve().parent)))
+    raise SystemExit(cli.guarded(lambda: run_fault_tables(CHECKOUT)))

@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from sysvm import config as config_module
 from sysvm.config import Config
@@ -34,6 +34,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def stop(error: SysvmError) -> NoReturn:
+    """End the program with the error's one line and its exit code."""
+    print(f"sysvm: error: {error}", file=sys.stderr)
+    raise SystemExit(error.exit_code)
+
+
 def guarded(action: Callable[[], T]) -> T:
     """Run an action; a SysvmError ends the program with its one-line message and exit code.
 
@@ -45,8 +51,7 @@ def guarded(action: Callable[[], T]) -> T:
     try:
         return action()
     except SysvmError as error:
-        print(f"sysvm: error: {error}", file=sys.stderr)
-        raise SystemExit(error.exit_code) from None
+        stop(error)
     except KeyboardInterrupt:
         print("sysvm: interrupted; no unfinished file was left under a final name", file=sys.stderr)
         raise SystemExit(130) from None
@@ -55,7 +60,9 @@ def guarded(action: Callable[[], T]) -> T:
 # The options' help, for argparse below and for tasks.py.
 HELP = {
     "config": "YAML file merged over the defaults (sysvm.yaml inside the sysvm package)",
-    "set": "override one setting, key=value (repeatable), e.g. --set debian.release=bullseye",
+    "set": "override one setting, KEY=VALUE (repeatable), e.g. --set debian.release=bullseye; VALUE is "
+           "read as YAML, so quote a string that holds {, : or # "
+           "(--set 'export.name_pattern=\"{version}-x\"')",
     "force": "rebuild even when the stage is up to date",
     "artifact": "artifact to boot (default: the KVM artifact of this configuration)",
     "role": "role to verify (repeatable; default: verify.roles)",

@@ -1,7 +1,10 @@
-"""`sysvm <command>` (argparse) and `invoke <task>` reach the same command function with the same arguments."""
+"""`sysvm <command>` (argparse) and `invoke <task>` reach the same command function with the same arguments;
+a bad --args for seed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,8 @@ from invoke import Context
 
 import tasks
 from sysvm import cli
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # (sysvm's argv, the task and its keyword arguments, the call both must make)
 SAME_CALLS = [
@@ -76,3 +81,18 @@ def test_a_bad_setting_exits_2_with_one_line(capsys):
         cli.main(["render", "--set", "debian.release=hamm"])
     assert ended.value.code == 2
     assert "debian.release: unknown release 'hamm'" in capsys.readouterr().err
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_an_unbalanced_quote_in_seeds_args_is_one_line():
+    result = subprocess.run([sys.executable, "-m", "invoke", "seed", "--args", "-m /mnt 'unbalanced"],
+                            cwd=ROOT, capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 2
+    assert _one_line_error(result) == (
+        "sysvm: error: --args: no closing quotation in \"-m /mnt 'unbalanced\" "
+        "(quote seed's options as a shell would)")
