@@ -12,6 +12,7 @@ from invoke import Context, task
 from sysvm import cli
 from sysvm.cli import HELP
 from sysvm.errors import SysvmError
+from sysvm.workspace import Workspace
 
 CHECKOUT = Path(__file__).resolve().parent
 
@@ -80,12 +81,23 @@ def clean(c: Context, all_: bool = False) -> None:
     cli.clean(all_)
 
 
+def in_marked_output(command: Callable[[], int]) -> int:
+    """Run a test command that writes its results (JUnit XML, fault tables) into the checkout's output/,
+    marked as sysvm's first so that clean removes them."""
+
+    def marked() -> int:
+        Workspace(CHECKOUT / "output").mark()
+        return command()
+
+    return cli.guarded(marked)
+
+
 @task(help={"quick": "leave out the tests that build and boot an image (minutes under TCG)"})
 def test(c: Context, quick: bool = False) -> None:
     """Run ruff and the whole test suite, end-to-end image tests included."""
     from sysvm.selftest import run_tests
 
-    raise SystemExit(cli.guarded(lambda: run_tests(CHECKOUT, quick)))
+    raise SystemExit(in_marked_output(lambda: run_tests(CHECKOUT, quick)))
 
 
 @task
@@ -93,4 +105,4 @@ def faults(c: Context) -> None:
     """Both fault tables in full: each build stage and seeding stopped by SIGTERM and SIGKILL (some 18 min under TCG)."""
     from sysvm.selftest import run_fault_tables
 
-    raise SystemExit(cli.guarded(lambda: run_fault_tables(CHECKOUT)))
+    raise SystemExit(in_marked_output(lambda: run_fault_tables(CHECKOUT)))

@@ -18,7 +18,7 @@ from sysvm.config import Config
 from sysvm.errors import SysvmError
 from sysvm.hypervisors import ARTIFACTS
 from sysvm.process import end_children
-from sysvm.workspace import Workspace
+from sysvm.workspace import Cleaned, Workspace
 
 T = TypeVar("T")
 
@@ -70,7 +70,7 @@ HELP = {
     "cloudstack": "a CloudStack source tree: start each role as a 4.17+ host does, with its scripts",
     "release": "a Debian release to build and verify (repeatable), e.g. --release bookworm --release trixie",
     "matrix_cloudstack": "a CloudStack source tree: also start each role as a 4.17+ host does, with its scripts",
-    "all": "also remove the download cache (output/cache)",
+    "all": "also remove the download cache (output/cache), and output/ itself once nothing else is in it",
     "seed": "cloud-install-sys-tmplt options, e.g. -m /mnt/secondary -f FILE -h kvm",
 }
 
@@ -80,7 +80,9 @@ HELP = {
 
 def _configured(config_file: str, overrides: Sequence[str]) -> tuple[Config, Workspace]:
     config = load_config(config_file, overrides)
-    return config, Workspace.of(config)
+    workspace = Workspace.of(config)
+    workspace.mark()  # only once the settings are good: bad ones write nothing
+    return config, workspace
 
 
 def render(config_file: str, overrides: Sequence[str], force: bool = False) -> None:
@@ -123,14 +125,45 @@ def matrix(config_file: str, overrides: Sequence[str], releases: Sequence[str], 
     """Build and verify the template for each release, each in its own output folders; output/matrix.json."""
     from sysvm.matrix import matrix as run_matrix
 
-    guarded(lambda: run_matrix(config_file, list(overrides), list(releases), cloudstack))
+    def marked() -> list[dict]:
+        Workspace().mark()
+        return run_matrix(config_file, list(overrides), list(releases), cloudstack)
+
+    guarded(marked)
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _say_cleaned(cleaned: Cleaned, root: Path) -> None:
+    if cleaned.unmarked:
+        print(f"clean: {root} has no marker (an older sysvm made it); every entry in it is one sysvm makes")
+    for path, size in cleaned.removed:
+        print(f"clean: removed {path} ({_size(size)})")
+    if cleaned.kept_cache:
+        print(f"clean: kept {cleaned.kept_cache} (the download cache; --all removes it)")
+    for path in cleaned.kept:
+        print(f"clean: kept {path} (not made by sysvm)")
+    if cleaned.removed_folder:
+        print(f"clean: removed {root} itself (nothing else was in it)")
+    freed = sum(size for _, size in cleaned.removed)
+    count = len(cleaned.removed)
+    print(f"clean: {count} {'entry' if count == 1 else 'entries'} removed, {_size(freed)} freed" if count
+          else f"clean: nothing of sysvm's to remove in {root}")
 
 
 def clean(everything: bool = False) -> None:
-    """Remove generated files under output/ (the apt cache stays unless --all)."""
+    """Remove what sysvm made under output/ and nothing else (the download cache stays unless --all)."""
     from sysvm.workspace import clean as run_clean
 
-    guarded(lambda: run_clean(Workspace(), everything))
+    workspace = Workspace()
+    guarded(lambda: _say_cleaned(run_clean(workspace, everything), workspace.root))
 
 
 # ----------------------------------------------------------------------------------------------- argparse

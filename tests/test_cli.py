@@ -1,8 +1,9 @@
 """`sysvm <command>` (argparse) and `invoke <task>` reach the same command function with the same arguments;
-a bad --args for seed."""
+clean's marker, and a bad --args for seed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from invoke import Context
 
 import tasks
 from sysvm import cli
+from sysvm.workspace import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +76,7 @@ def test_render_writes_output_in_the_current_directory(tmp_path, monkeypatch, ca
     tree = capsys.readouterr().out.strip().splitlines()[-1]
     assert tree.startswith(f"{tmp_path}/output/build/render-") and tree.endswith("/tree")
     assert Path(tree, "opt/cloud/bin/get_template_version.sh").is_file()
+    assert (tmp_path / "output" / MARKER).is_file()  # what clean needs to see before it removes anything
 
 
 def test_a_bad_setting_exits_2_with_one_line(capsys):
@@ -81,6 +84,15 @@ def test_a_bad_setting_exits_2_with_one_line(capsys):
         cli.main(["render", "--set", "debian.release=hamm"])
     assert ended.value.code == 2
     assert "debian.release: unknown release 'hamm'" in capsys.readouterr().err
+
+
+def sysvm(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProcess[str]:
+    """`python -m sysvm ARGS` run in cwd, with this checkout's sysvm; `path` replaces PATH."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(cwd)}
+    if path:
+        environment["PATH"] = path
+    return subprocess.run([sys.executable, "-m", "sysvm", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, check=False, timeout=60)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
