@@ -1,5 +1,5 @@
-"""Invoke tasks: the commands of sysvm/cli.py (also `sysvm <command>`), with Invoke's parsing, plus `test`
-and `faults`."""
+"""Invoke tasks: the commands of sysvm/cli.py (also `sysvm <command>`), with Invoke's parsing, plus `test`, `faults`
+and `version`."""
 
 from __future__ import annotations
 
@@ -79,6 +79,12 @@ def matrix(c: Context, config: str = "", set_: list[str] | None = None, release:
 @summary(cli.clean)
 def clean(c: Context, all_: bool = False) -> None:
     cli.clean(all_)
+
+
+@task
+def version(c: Context) -> None:
+    """Print sysvm's version (as `sysvm --version`; `invoke --version` is Invoke's own)."""
+    print(f"sysvm {cli.version()}")
 
 
 def in_marked_output(command: Callable[[], int]) -> int:

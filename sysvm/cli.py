@@ -7,8 +7,10 @@ an exit code.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import signal
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -166,6 +168,23 @@ def clean(everything: bool = False) -> None:
     guarded(lambda: _say_cleaned(run_clean(workspace, everything), workspace.root))
 
 
+def version() -> str:
+    """sysvm's version: the installed package's, or where it is not installed, its source tree's."""
+    try:
+        return importlib.metadata.version("sysvm")
+    except importlib.metadata.PackageNotFoundError:
+        return _source_tree_version()
+
+
+def _source_tree_version() -> str:
+    try:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        project = tomllib.loads(pyproject.read_text())["project"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError):  # a bare copy of the package, outside its tree
+        return "unknown"
+    return str(project.get("version", "unknown")) if project.get("name") == "sysvm" else "unknown"
+
+
 # ----------------------------------------------------------------------------------------------- argparse
 
 
@@ -173,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
     """`sysvm COMMAND ...`; each command's parser names, in `run`, the call it makes."""
     options = argparse.ArgumentParser(prog="sysvm", description="Build, verify and seed Apache CloudStack system "
                                       "VM templates. output/ is made in the current directory.")
+    options.add_argument("--version", action="version", version=f"sysvm {version()}")
     commands = options.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configured = argparse.ArgumentParser(add_help=False)
     configured.add_argument("-c", "--config", default="", metavar="FILE", help=HELP["config"])

@@ -1,11 +1,13 @@
 """`sysvm <command>` (argparse) and `invoke <task>` reach the same command function with the same arguments;
-clean's marker, and a bad --args for seed."""
+--version, clean's marker, and a bad --args for seed."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from sysvm import cli
 from sysvm.workspace import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 # (sysvm's argv, the task and its keyword arguments, the call both must make)
 SAME_CALLS = [
@@ -93,6 +96,21 @@ def sysvm(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProcess[
         environment["PATH"] = path
     return subprocess.run([sys.executable, "-m", "sysvm", *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, check=False, timeout=60)
+
+
+def test_version_is_the_packages_in_both_front_ends(tmp_path, capsys):
+    shown = sysvm(tmp_path, "--version")
+    assert (shown.returncode, shown.stdout) == (0, f"sysvm {VERSION}\n")
+    tasks.version(Context())
+    assert capsys.readouterr().out == f"sysvm {VERSION}\n"
+
+
+def test_version_of_a_source_tree_that_is_not_installed_comes_from_its_pyproject(monkeypatch):
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert cli.version() == VERSION
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
