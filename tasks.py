@@ -75,6 +75,12 @@ def matrix(c: Context, config: str = "", set_: list[str] | None = None, release:
     cli.matrix(config, set_ or [], release or [], cloudstack)
 
 
+@task(iterable=["set_"], help=CONFIG_HELP)
+@summary(cli.validate)
+def validate(c: Context, config: str = "", set_: list[str] | None = None) -> None:
+    cli.validate(config, set_ or [])
+
+
 @task(help={"all_": HELP["all"]})
 @summary(cli.clean)
 def clean(c: Context, all_: bool = False) -> None:

@@ -10,12 +10,14 @@ import argparse
 import importlib.metadata
 import signal
 import sys
+import tempfile
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from sysvm import config as config_module
+from sysvm import tools
 from sysvm.config import Config
 from sysvm.errors import SysvmError
 from sysvm.hypervisors import ARTIFACTS
@@ -168,6 +170,35 @@ def clean(everything: bool = False) -> None:
     guarded(lambda: _say_cleaned(run_clean(workspace, everything), workspace.root))
 
 
+# The stages build checks the host tools of: all but verify.
+BUILD_STAGES = [stage for stage in tools.STAGE_TOOLS if stage != "verify"]
+
+
+def _validate(config_file: str, overrides: Sequence[str]) -> None:
+    from sysvm.render import layers, render
+
+    config = load_config(config_file, overrides)
+    given = [*([f"-c {config_file}"] if config_file else []), *(f"--set {setting}" for setting in overrides)]
+    print(f"validate: settings ok (the defaults{''.join(f', {option}' for option in given)})")
+    tools.require(BUILD_STAGES, config)
+    print(f"validate: host tools ok (for {', '.join(BUILD_STAGES)})")
+    trees = {"cloudstack.scripts": config.cloudstack.scripts,
+             "verify.cloudstack_scripts": config.verify.cloudstack_scripts}
+    named = [f"{name} {path}" for name, path in trees.items() if path]
+    print(f"validate: CloudStack trees ok ({', '.join(named) or 'none configured'})")
+    print(f"validate: overlay layers ok ({', '.join([*layers(config), *config.overlay_layers])})")
+    with tempfile.TemporaryDirectory(prefix="sysvm-validate-") as scratch:
+        rendered = render(config, Workspace(Path(scratch) / "output"))
+        print(f"validate: overlay tree ok ({len(rendered.entries())} files rendered into a temporary folder, "
+              "now removed)")
+    print("validate: ok")
+
+
+def validate(config_file: str, overrides: Sequence[str]) -> None:
+    """Check what a build would (settings, host tools, CloudStack trees, layers, templates); build nothing."""
+    guarded(lambda: _validate(config_file, overrides))
+
+
 def version() -> str:
     """sysvm's version: the installed package's, or where it is not installed, its source tree's."""
     try:
@@ -223,6 +254,7 @@ def parser() -> argparse.ArgumentParser:
     releases.add_argument("--release", action="append", default=[], help=HELP["release"])
     releases.add_argument("--cloudstack", default="", metavar="PATH", help=HELP["matrix_cloudstack"])
     releases.set_defaults(run=lambda a: matrix(a.config, a.set, a.release, a.cloudstack))
+    command("validate", validate, configured).set_defaults(run=lambda a: validate(a.config, a.set))
     cleaning = command("clean", clean)
     cleaning.add_argument("--all", action="store_true", help=HELP["all"])
     cleaning.set_defaults(run=lambda a: clean(a.all))

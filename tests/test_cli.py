@@ -1,10 +1,11 @@
 """`sysvm <command>` (argparse) and `invoke <task>` reach the same command function with the same arguments;
---version, clean's marker, and a bad --args for seed."""
+--version, validate, and a bad --args for seed."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -14,7 +15,8 @@ import pytest
 from invoke import Context
 
 import tasks
-from sysvm import cli
+from sysvm import build, cli, tools
+from sysvm.errors import SysvmError
 from sysvm.workspace import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +38,8 @@ SAME_CALLS = [
      ("bench", "", ["debian.release=trixie"])),
     (["matrix", "--release", "bookworm", "--release", "trixie"], "matrix", {"release": ["bookworm", "trixie"]},
      ("matrix", "", [], ["bookworm", "trixie"], "")),
+    (["validate", "-c", "site.yaml", "--set", "a=1"], "validate", {"config": "site.yaml", "set_": ["a=1"]},
+     ("validate", "site.yaml", ["a=1"])),
     (["clean", "--all"], "clean", {"all_": True}, ("clean", True)),
     (["clean"], "clean", {}, ("clean", False)),
 ]
@@ -44,7 +48,7 @@ SAME_CALLS = [
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     made: list[tuple] = []
-    for name in ("render", "build", "verify", "bench", "matrix", "clean"):
+    for name in ("render", "build", "verify", "bench", "matrix", "validate", "clean"):
         monkeypatch.setattr(cli, name, lambda *args, name=name: made.append((name, *[
             list(arg) if isinstance(arg, list | tuple) else arg for arg in args])))
     return made
@@ -69,7 +73,7 @@ def test_seed_options_pass_through_unread(monkeypatch):
 
 
 def test_a_task_and_its_command_share_one_summary():
-    for name in ("render", "build", "verify", "seed", "bench", "matrix", "clean"):
+    for name in ("render", "build", "verify", "seed", "bench", "matrix", "validate", "clean"):
         assert getattr(tasks, name).__doc__ == getattr(cli, name).__doc__
 
 
@@ -113,10 +117,91 @@ def test_version_of_a_source_tree_that_is_not_installed_comes_from_its_pyproject
     assert cli.version() == VERSION
 
 
+def test_validate_checks_the_defaults_and_writes_nothing(tmp_path):
+    checked = sysvm(tmp_path, "validate")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines() == [
+        "validate: settings ok (the defaults)",
+        "validate: host tools ok (for rootfs, disk, packer, overlay, export)",
+        "validate: CloudStack trees ok (none configured)",
+        "validate: overlay layers ok (common, consoleproxy, secstorage, router)",
+        checked.stdout.splitlines()[4],
+        "validate: ok",
+    ]
+    assert checked.stdout.splitlines()[4].startswith("validate: overlay tree ok (")
+    assert list(tmp_path.iterdir()) == []  # no output/, and the temporary render (TMPDIR) is gone
+
+
+def test_validate_leaves_an_existing_output_folder_as_it_was(tmp_path):
+    stage = tmp_path / "output/build/render-0123456789abcdef"
+    stage.mkdir(parents=True)
+    (stage / "manifest.json").write_text("{}")
+    (tmp_path / "output/notes.txt").write_text("mine")
+
+    def state() -> list[tuple[str, int, int]]:
+        output = tmp_path / "output"
+        return sorted((str(path), path.stat().st_mtime_ns, path.stat().st_size) for path in output.rglob("*"))
+
+    before = state()
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    (layer / "etc/motd").write_text("hello\n")
+    checked = sysvm(tmp_path, "validate", "--set", f"overlay_layers=[{layer}]")
+    assert checked.returncode == 0, checked.stderr
+    assert f"validate: overlay layers ok (common, consoleproxy, secstorage, router, {layer})" in (
+        checked.stdout)
+    assert state() == before
+
+
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def test_validate_stops_at_a_bad_setting_with_one_line(tmp_path):
+    checked = sysvm(tmp_path, "validate", "--set", "debian.release=hamm")
+    assert checked.returncode == 2 and checked.stdout == ""
+    assert _one_line_error(checked) == (
+        "sysvm: error: --set debian.release=hamm: debian.release: unknown release 'hamm' "
+        "(expected one of: buster, bullseye, bookworm, trixie)")
+
+
+def test_validate_stops_at_a_missing_layer_with_one_line(tmp_path):
+    checked = sysvm(tmp_path, "validate", "--set", f"overlay_layers=[{tmp_path / 'absent'}]")
+    assert checked.returncode == 2 and "validate: ok" not in checked.stdout
+    assert _one_line_error(checked).startswith("sysvm: error: ")
+    assert "overlay_layers.0" in checked.stderr and "absent" in checked.stderr
+
+
+def test_validate_names_a_missing_host_tool(tmp_path):
+    # A PATH holding every tool this host has but mmdebstrap.
+    tool_dir = tmp_path / "bin"
+    tool_dir.mkdir()
+    for tool in tools.DEBIAN_PACKAGES:
+        found = shutil.which(tool)
+        if found and tool != "mmdebstrap" and not tool.startswith("/"):
+            (tool_dir / tool).symlink_to(found)
+    checked = sysvm(tmp_path, "validate", path=str(tool_dir))
+    assert checked.returncode == 2
+    assert checked.stdout.splitlines() == ["validate: settings ok (the defaults)"]
+    assert _one_line_error(checked) == (
+        "sysvm: error: missing host tools: mmdebstrap (install with: apt-get install mmdebstrap)")
+
+
+def test_validate_checks_the_host_tools_of_the_stages_build_runs(monkeypatch, workspace, capsys):
+    asked: list[list[str]] = []
+
+    def stop(stages: list[str], config: object) -> None:
+        asked.append(list(stages))
+        raise SysvmError("stop here")
+
+    monkeypatch.setattr(tools, "require", stop)
+    with pytest.raises(SysvmError):
+        build.build(cli.load_config("", []), workspace)
+    with pytest.raises(SystemExit):
+        cli.validate("", [])
+    assert len(asked) == 2 and asked[0] == asked[1]
 
 
 def test_an_unbalanced_quote_in_seeds_args_is_one_line():
