@@ -158,8 +158,10 @@ def _say_cleaned(cleaned: Cleaned, root: Path) -> None:
         print(f"clean: removed {root} itself (nothing else was in it)")
     freed = sum(size for _, size in cleaned.removed)
     count = len(cleaned.removed)
-    print(f"clean: {count} {'entry' if count == 1 else 'entries'} removed, {_size(freed)} freed" if count
-          else f"clean: nothing of sysvm's to remove in {root}")
+    if count:
+        print(f"clean: {count} {'entry' if count == 1 else 'entries'} removed, {_size(freed)} freed")
+    elif not cleaned.removed_folder:
+        print(f"clean: nothing of sysvm's to remove in {root}")
 
 
 def clean(everything: bool = False) -> None:

@@ -196,3 +196,11 @@ def test_sysvm_clean_refuses_an_unmarked_folder_with_one_line(tmp_path):
     assert result.stderr == (f"sysvm: error: {tmp_path / 'output'} was not made by sysvm (it has no {MARKER} "
                              "marker and holds notes.txt): nothing removed\n")
     assert (tmp_path / "output/build/x").is_file()
+
+
+def test_sysvm_clean_all_of_an_empty_marked_folder_says_it_removed_the_folder(tmp_path):
+    Workspace(tmp_path / "output").mark()
+    result = sysvm(tmp_path, "clean", "--all")
+    assert result.stdout == f"clean: removed {tmp_path / 'output'} itself (nothing else was in it)\n"
+    assert list(tmp_path.iterdir()) == []
+    assert sysvm(tmp_path, "clean").stdout == f"clean: nothing of sysvm's to remove in {tmp_path / 'output'}\n"
