@@ -204,10 +204,12 @@ def test_validate_checks_the_host_tools_of_the_stages_build_runs(monkeypatch, wo
     assert len(asked) == 2 and asked[0] == asked[1]
 
 
-def test_an_unbalanced_quote_in_seeds_args_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "invoke", "seed", "--args", "-m /mnt 'unbalanced"],
+@pytest.mark.parametrize(("args", "error"), [
+    ("-m /mnt 'unbalanced", "--args: no closing quotation in \"-m /mnt 'unbalanced\""),
+    ("-m /mnt\\", "--args: no escaped character in '-m /mnt\\\\'"),
+])
+def test_an_unbalanced_quote_or_a_trailing_backslash_in_seeds_args_is_one_line(args, error):
+    result = subprocess.run([sys.executable, "-m", "invoke", "seed", "--args", args],
                             cwd=ROOT, capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 2
-    assert _one_line_error(result) == (
-        "sysvm: error: --args: no closing quotation in \"-m /mnt 'unbalanced\" "
-        "(quote seed's options as a shell would)")
+    assert _one_line_error(result) == f"sysvm: error: {error} (quote seed's options as a shell would)"
