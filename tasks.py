@@ -1,5 +1,5 @@
-"""Invoke tasks: the commands of sysvm/cli.py (also `sysvm <command>`), with Invoke's parsing, plus `test`, `faults`
-and `version`."""
+"""Invoke tasks: the commands of sysvm/cli.py (also `sysvm <command>`), with Invoke's parsing, plus
+`test`, `faults` and `version`."""
 
 from __future__ import annotations
 

@@ -203,4 +203,5 @@ def test_sysvm_clean_all_of_an_empty_marked_folder_says_it_removed_the_folder(tm
     result = sysvm(tmp_path, "clean", "--all")
     assert result.stdout == f"clean: removed {tmp_path / 'output'} itself (nothing else was in it)\n"
     assert list(tmp_path.iterdir()) == []
-    assert sysvm(tmp_path, "clean").stdout == f"clean: nothing of sysvm's to remove in {tmp_path / 'output'}\n"
+    nothing = f"clean: nothing of sysvm's to remove in {tmp_path / 'output'}\n"
+    assert sysvm(tmp_path, "clean").stdout == nothing
