@@ -1,7 +1,9 @@
-"""Invoke tasks: the commands of sysvm/cli.py (also `sysvm <command>`), with Invoke's parsing, plus `test`."""
+"""Invoke tasks: the commands of sysvm/cli.py (also `sysvm <command>`), with Invoke's parsing, plus
+`test`, `faults` and `version`."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +11,10 @@ from invoke import Context, task
 
 from sysvm import cli
 from sysvm.cli import HELP
+from sysvm.errors import SysvmError
+from sysvm.workspace import Workspace
+
+CHECKOUT = Path(__file__).resolve().parent
 
 CONFIG_HELP = {"config": HELP["config"], "set_": HELP["set"]}
 STAGE_HELP = {**CONFIG_HELP, "force": HELP["force"]}
@@ -47,9 +53,12 @@ def verify(c: Context, config: str = "", set_: list[str] | None = None, artifact
 @task(help={"args": f"{HELP['seed']}, quoted as one argument"})
 @summary(cli.seed)
 def seed(c: Context, args: str = "") -> None:
-    import shlex
-
-    raise SystemExit(cli.seed(shlex.split(args)))
+    try:
+        arguments = shlex.split(args)
+    except ValueError as error:  # an unbalanced quote or a trailing backslash
+        reason = str(error).lower()
+        cli.stop(SysvmError(f"--args: {reason} in {args!r} (quote seed's options as a shell would)"))
+    raise SystemExit(cli.seed(arguments))
 
 
 @task(iterable=["set_"], help=CONFIG_HELP)
@@ -66,10 +75,33 @@ def matrix(c: Context, config: str = "", set_: list[str] | None = None, release:
     cli.matrix(config, set_ or [], release or [], cloudstack)
 
 
+@task(iterable=["set_"], help=CONFIG_HELP)
+@summary(cli.validate)
+def validate(c: Context, config: str = "", set_: list[str] | None = None) -> None:
+    cli.validate(config, set_ or [])
+
+
 @task(help={"all_": HELP["all"]})
 @summary(cli.clean)
 def clean(c: Context, all_: bool = False) -> None:
     cli.clean(all_)
+
+
+@task
+def version(c: Context) -> None:
+    """Print sysvm's version (as `sysvm --version`; `invoke --version` is Invoke's own)."""
+    print(f"sysvm {cli.version()}")
+
+
+def in_marked_output(command: Callable[[], int]) -> int:
+    """Run a test command that writes its results (JUnit XML, fault tables) into the checkout's output/,
+    marked as sysvm's first so that clean removes them."""
+
+    def marked() -> int:
+        Workspace(CHECKOUT / "output").mark()
+        return command()
+
+    return cli.guarded(marked)
 
 
 @task(help={"quick": "leave out the tests that build and boot an image (minutes under TCG)"})
@@ -77,7 +109,7 @@ def test(c: Context, quick: bool = False) -> None:
     """Run ruff and the whole test suite, end-to-end image tests included."""
     from sysvm.selftest import run_tests
 
-    raise SystemExit(cli.guarded(lambda: run_tests(Path(__file__).resolve().parent, quick)))
+    raise SystemExit(in_marked_output(lambda: run_tests(CHECKOUT, quick)))
 
 
 @task
@@ -85,4 +117,4 @@ def faults(c: Context) -> None:
     """Both fault tables in full: each build stage and seeding stopped by SIGTERM and SIGKILL (some 18 min under TCG)."""
     from sysvm.selftest import run_fault_tables
 
-    raise SystemExit(cli.guarded(lambda: run_fault_tables(Path(__file__).resolve().parent)))
+    raise SystemExit(in_marked_output(lambda: run_fault_tables(CHECKOUT)))

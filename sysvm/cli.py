@@ -7,18 +7,22 @@ an exit code.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import signal
 import sys
+import tempfile
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from sysvm import config as config_module
+from sysvm import tools
 from sysvm.config import Config
 from sysvm.errors import SysvmError
 from sysvm.hypervisors import ARTIFACTS
 from sysvm.process import end_children
-from sysvm.workspace import Workspace
+from sysvm.workspace import Cleaned, Workspace
 
 T = TypeVar("T")
 
@@ -34,6 +38,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def stop(error: SysvmError) -> NoReturn:
+    """End the program with the error's one line and its exit code."""
+    print(f"sysvm: error: {error}", file=sys.stderr)
+    raise SystemExit(error.exit_code)
+
+
 def guarded(action: Callable[[], T]) -> T:
     """Run an action; a SysvmError ends the program with its one-line message and exit code.
 
@@ -45,8 +55,7 @@ def guarded(action: Callable[[], T]) -> T:
     try:
         return action()
     except SysvmError as error:
-        print(f"sysvm: error: {error}", file=sys.stderr)
-        raise SystemExit(error.exit_code) from None
+        stop(error)
     except KeyboardInterrupt:
         print("sysvm: interrupted; no unfinished file was left under a final name", file=sys.stderr)
         raise SystemExit(130) from None
@@ -55,7 +64,9 @@ def guarded(action: Callable[[], T]) -> T:
 # The options' help, for argparse below and for tasks.py.
 HELP = {
     "config": "YAML file merged over the defaults (sysvm.yaml inside the sysvm package)",
-    "set": "override one setting, key=value (repeatable), e.g. --set debian.release=bullseye",
+    "set": "override one setting, KEY=VALUE (repeatable), e.g. --set debian.release=bullseye; VALUE is "
+           "read as YAML, so quote a string that holds {, : or # "
+           "(--set 'export.name_pattern=\"{version}-x\"')",
     "force": "rebuild even when the stage is up to date",
     "artifact": "artifact to boot (default: the KVM artifact of this configuration)",
     "role": "role to verify (repeatable; default: verify.roles)",
@@ -63,7 +74,7 @@ HELP = {
     "cloudstack": "a CloudStack source tree: start each role as a 4.17+ host does, with its scripts",
     "release": "a Debian release to build and verify (repeatable), e.g. --release bookworm --release trixie",
     "matrix_cloudstack": "a CloudStack source tree: also start each role as a 4.17+ host does, with its scripts",
-    "all": "also remove the download cache (output/cache)",
+    "all": "also remove the download cache (output/cache), and output/ itself once nothing else is in it",
     "seed": "cloud-install-sys-tmplt options, e.g. -m /mnt/secondary -f FILE -h kvm",
 }
 
@@ -73,7 +84,9 @@ HELP = {
 
 def _configured(config_file: str, overrides: Sequence[str]) -> tuple[Config, Workspace]:
     config = load_config(config_file, overrides)
-    return config, Workspace.of(config)
+    workspace = Workspace.of(config)
+    workspace.mark()  # only once the settings are good: bad ones write nothing
+    return config, workspace
 
 
 def render(config_file: str, overrides: Sequence[str], force: bool = False) -> None:
@@ -116,14 +129,93 @@ def matrix(config_file: str, overrides: Sequence[str], releases: Sequence[str], 
     """Build and verify the template for each release, each in its own output folders; output/matrix.json."""
     from sysvm.matrix import matrix as run_matrix
 
-    guarded(lambda: run_matrix(config_file, list(overrides), list(releases), cloudstack))
+    def marked() -> list[dict]:
+        Workspace().mark()
+        return run_matrix(config_file, list(overrides), list(releases), cloudstack)
+
+    guarded(marked)
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _say_cleaned(cleaned: Cleaned, root: Path) -> None:
+    if cleaned.unmarked:
+        print(f"clean: {root} has no marker (an older sysvm made it); every entry in it is one sysvm makes")
+    for path, size in cleaned.removed:
+        print(f"clean: removed {path} ({_size(size)})")
+    if cleaned.kept_cache:
+        print(f"clean: kept {cleaned.kept_cache} (the download cache; --all removes it)")
+    for path in cleaned.kept:
+        print(f"clean: kept {path} (not made by sysvm)")
+    if cleaned.removed_folder:
+        print(f"clean: removed {root} itself (nothing else was in it)")
+    freed = sum(size for _, size in cleaned.removed)
+    count = len(cleaned.removed)
+    if count:
+        print(f"clean: {count} {'entry' if count == 1 else 'entries'} removed, {_size(freed)} freed")
+    elif not cleaned.removed_folder:
+        print(f"clean: nothing of sysvm's to remove in {root}")
 
 
 def clean(everything: bool = False) -> None:
-    """Remove generated files under output/ (the apt cache stays unless --all)."""
+    """Remove what sysvm made under output/ and nothing else (the download cache stays unless --all)."""
     from sysvm.workspace import clean as run_clean
 
-    guarded(lambda: run_clean(Workspace(), everything))
+    workspace = Workspace()
+    guarded(lambda: _say_cleaned(run_clean(workspace, everything), workspace.root))
+
+
+# The stages build checks the host tools of: all but verify.
+BUILD_STAGES = [stage for stage in tools.STAGE_TOOLS if stage != "verify"]
+
+
+def _validate(config_file: str, overrides: Sequence[str]) -> None:
+    from sysvm.render import layers, render
+
+    config = load_config(config_file, overrides)
+    given = [*([f"-c {config_file}"] if config_file else []), *(f"--set {setting}" for setting in overrides)]
+    print(f"validate: settings ok (the defaults{''.join(f', {option}' for option in given)})")
+    tools.require(BUILD_STAGES, config)
+    print(f"validate: host tools ok (for {', '.join(BUILD_STAGES)})")
+    trees = {"cloudstack.scripts": config.cloudstack.scripts,
+             "verify.cloudstack_scripts": config.verify.cloudstack_scripts}
+    named = [f"{name} {path}" for name, path in trees.items() if path]
+    print(f"validate: CloudStack trees ok ({', '.join(named) or 'none configured'})")
+    print(f"validate: overlay layers ok ({', '.join([*layers(config), *config.overlay_layers])})")
+    with tempfile.TemporaryDirectory(prefix="sysvm-validate-") as scratch:
+        rendered = render(config, Workspace(Path(scratch) / "output"))
+        print(f"validate: overlay tree ok ({len(rendered.entries())} files rendered into a temporary folder, "
+              "now removed)")
+    print("validate: ok")
+
+
+def validate(config_file: str, overrides: Sequence[str]) -> None:
+    """Check what a build would (settings, host tools, CloudStack trees, layers, templates); build nothing."""
+    guarded(lambda: _validate(config_file, overrides))
+
+
+def version() -> str:
+    """sysvm's version: the installed package's, or where it is not installed, its source tree's."""
+    try:
+        return importlib.metadata.version("sysvm")
+    except importlib.metadata.PackageNotFoundError:
+        return _source_tree_version()
+
+
+def _source_tree_version() -> str:
+    try:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        project = tomllib.loads(pyproject.read_text())["project"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError):  # a bare copy of the package, outside its tree
+        return "unknown"
+    return str(project.get("version", "unknown")) if project.get("name") == "sysvm" else "unknown"
 
 
 # ----------------------------------------------------------------------------------------------- argparse
@@ -133,6 +225,7 @@ def parser() -> argparse.ArgumentParser:
     """`sysvm COMMAND ...`; each command's parser names, in `run`, the call it makes."""
     options = argparse.ArgumentParser(prog="sysvm", description="Build, verify and seed Apache CloudStack system "
                                       "VM templates. output/ is made in the current directory.")
+    options.add_argument("--version", action="version", version=f"sysvm {version()}")
     commands = options.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configured = argparse.ArgumentParser(add_help=False)
     configured.add_argument("-c", "--config", default="", metavar="FILE", help=HELP["config"])
@@ -163,6 +256,7 @@ def parser() -> argparse.ArgumentParser:
     releases.add_argument("--release", action="append", default=[], help=HELP["release"])
     releases.add_argument("--cloudstack", default="", metavar="PATH", help=HELP["matrix_cloudstack"])
     releases.set_defaults(run=lambda a: matrix(a.config, a.set, a.release, a.cloudstack))
+    command("validate", validate, configured).set_defaults(run=lambda a: validate(a.config, a.set))
     cleaning = command("clean", clean)
     cleaning.add_argument("--all", action="store_true", help=HELP["all"])
     cleaning.set_defaults(run=lambda a: clean(a.all))
