@@ -129,11 +129,7 @@ def matrix(config_file: str, overrides: Sequence[str], releases: Sequence[str], 
     """Build and verify the template for each release, each in its own output folders; output/matrix.json."""
     from sysvm.matrix import matrix as run_matrix
 
-    def marked() -> list[dict]:
-        Workspace().mark()
-        return run_matrix(config_file, list(overrides), list(releases), cloudstack)
-
-    guarded(marked)
+    guarded(lambda: run_matrix(config_file, list(overrides), list(releases), cloudstack))
 
 
 def _size(count: int) -> str:

@@ -26,6 +26,7 @@ def matrix(config_file: str, overrides: Sequence[str], releases: Sequence[str], 
         raise SysvmError("--release: name at least one Debian release (repeatable), e.g. --release trixie")
     # Every release's settings are checked before any work starts.
     configs = {release: load_config(config_file, [*overrides, f"debian.release={release}"]) for release in releases}
+    Workspace().mark()  # only once every release's settings are good: bad ones write nothing
     rows = []
     for release, config in configs.items():
         workspace = Workspace.of(config, variant=release)
