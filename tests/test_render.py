@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from sysvm import config
 from sysvm.errors import SysvmError
 from sysvm.render import SIGNATURE_PATH, render, scripts_signature
+from sysvm.workspace import Workspace
 
 RELEASES = ["buster", "bullseye", "bookworm", "trixie"]
 ROLE_FILES = ["consoleproxy", "secstorage", "router", "vpcrouter", "default"]
@@ -86,8 +88,6 @@ def test_sshd_config_is_valid_and_key_only(workspace, default_config, tmp_path):
 
 
 def test_rendering_twice_gives_identical_manifests(default_config, tmp_path):
-    from sysvm.workspace import Workspace
-
     first = render(default_config, Workspace(tmp_path / "a"))
     second = render(default_config, Workspace(tmp_path / "b"), force=True)
     assert first.manifest.read_bytes() == second.manifest.read_bytes()
@@ -120,3 +120,74 @@ def test_undefined_template_variable_is_an_error(workspace, default_config, monk
     with pytest.raises(SysvmError, match=r"broken.j2: undefined template variable: 'no_such_value'"):
         render(default_config, workspace)
     assert not list(workspace.build.glob("render-*/manifest.json"))
+
+
+# ------------------------------------------------------------------ overlay layers: data, never paths out
+
+SYSTEM = "a system folder: a layer must be a folder of your own"
+
+
+def with_layers(*folders: Path | str) -> config.Config:
+    return config.load(None, [f"overlay_layers={json.dumps([str(folder) for folder in folders])}"])
+
+
+def message(caught: pytest.ExceptionInfo[SysvmError]) -> str:
+    text = str(caught.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("given", ["/etc", "/", "/root", "/usr", "/tmp", "/home"])
+def test_a_system_folder_as_a_layer_is_refused(given):
+    with pytest.raises(SysvmError) as caught:
+        with_layers(given)
+    assert message(caught) == (f'--set overlay_layers=["{given}"]: overlay_layers.0: '
+                               f"{given!r} resolves to {given}, {SYSTEM}")
+
+
+def test_a_relative_layer_that_resolves_to_etc_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(*tmp_path.parts[:5]))  # at most four folders deep: four '..' reach /
+    with pytest.raises(SysvmError) as caught:
+        with_layers("../../../../etc")
+    assert message(caught) == ('--set overlay_layers=["../../../../etc"]: overlay_layers.0: '
+                               f"'../../../../etc' resolves to /etc, {SYSTEM}")
+
+
+@pytest.mark.parametrize("given", ["/etc/ssh", "/sys/kernel", "/dev/shm", "/proc/sys", "/run/lock"])
+def test_a_folder_inside_etc_proc_sys_dev_or_run_is_refused(given):
+    if not Path(given).is_dir():
+        pytest.skip(f"{given} is not on this host")
+    top = "/" + given.split("/")[1]
+    with pytest.raises(SysvmError) as caught:
+        with_layers(given)
+    assert message(caught).endswith(f"overlay_layers.0: {given!r} resolves to {given}, "
+                                    f"inside the system folder {top}: a layer must be a folder of your own")
+
+
+def test_a_link_to_a_system_folder_is_refused_by_what_it_resolves_to(tmp_path):
+    (tmp_path / "innocent").symlink_to("/etc")
+    with pytest.raises(SysvmError) as caught:
+        with_layers(tmp_path / "innocent")
+    assert message(caught).endswith(f"'{tmp_path}/innocent' resolves to /etc, {SYSTEM}")
+
+
+def test_a_layer_that_is_missing_or_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for name, reason in (("missing", "which does not exist"), ("file", "which is not a folder")):
+        with pytest.raises(SysvmError) as caught:
+            with_layers(tmp_path / name)
+        given = f"{tmp_path}/{name}"
+        assert message(caught).endswith(f"overlay_layers.0: {given!r} resolves to {given}, {reason}")
+
+
+def test_a_layer_of_another_user_is_refused_unless_sudo_says_it_is_the_invoking_user(tmp_path, monkeypatch):
+    layer = tmp_path / "theirs"
+    layer.mkdir()
+    os.chown(layer, 4321, 4321)
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    with pytest.raises(SysvmError) as caught:
+        with_layers(layer)
+    assert message(caught).endswith(f"overlay_layers.0: '{layer}' resolves to {layer}, owned by uid 4321: "
+                                    f"a layer must belong to you (uid {os.geteuid()}) or to root")
+    monkeypatch.setenv("SUDO_UID", "4321")
+    assert with_layers(layer).overlay_layers == [str(layer)]
