@@ -84,6 +84,29 @@ def mounts_under(path: Path) -> list[Path]:
     return points
 
 
+def walk(root: Path, leave_out: frozenset[str] = frozenset()) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below root as (relative path, lstat), parents before children, in name order (the order of
+    sorted paths). No symlink is followed, so nothing outside root is read; folders named in leave_out are
+    neither given nor entered. Iterative, so that no depth of folders exhausts Python's recursion limit."""
+
+    def listing(folder: Path, relative: str) -> Iterator[tuple[str, os.stat_result, Path]]:
+        with os.scandir(folder) as entries:
+            found = sorted(entries, key=lambda entry: entry.name)
+        for entry in found:
+            if entry.name not in leave_out:
+                yield f"{relative}{entry.name}", entry.stat(follow_symlinks=False), Path(entry.path)
+
+    pending = [listing(root, "")]
+    while pending:
+        for relative, info, path in pending[-1]:
+            yield relative, info
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(listing(path, f"{relative}/"))
+                break
+        else:
+            pending.pop()
+
+
 def invoking_uid() -> int:
     """The user who ran sysvm: the one sudo names, else the effective one."""
     given = os.environ.get("SUDO_UID", "")
