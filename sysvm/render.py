@@ -51,6 +51,7 @@ GENERATED_FOLDER_MODE = 0o755
 # MAX_PATH_BYTES (two of them make a command line), can therefore neither split a word nor start a line.
 # Backslashes are refused too, although debugfs 1.47 takes them literally: no name in the image needs one.
 MAX_PATH_BYTES = 4000
+SHOWN_LENGTH = 100  # characters of a refused path or link target that its message shows
 DEBUGFS_SPECIAL = frozenset('"\\')
 
 
@@ -174,8 +175,12 @@ def path_problem(text: str) -> str | None:
     return None
 
 
-def _shown(relative: str) -> str:
-    return relative if relative.isprintable() else repr(relative)
+def _shown(text: str) -> str:
+    """A path or link target for a message: as it is, or quoted with its control characters escaped when it
+    could be misread (white space, characters that do not print), and cut short when long."""
+    if len(text) > SHOWN_LENGTH:
+        return f"{text[:SHOWN_LENGTH]!r}... ({len(text.encode())} bytes)"
+    return text if text.isprintable() and not any(c.isspace() for c in text) else repr(text)
 
 
 def _kind(info: os.stat_result) -> str:
@@ -238,7 +243,7 @@ class TreeWriter:
     def link(self, layer: Layer, relative: str, target: str, owner: tuple[int, int]) -> None:
         self._check(layer, relative)
         if (problem := path_problem(target)) is not None:
-            raise SysvmError(f"{layer.name}: {relative}: link target {target!r}: {problem}")
+            raise SysvmError(f"{layer.name}: {relative}: link target {_shown(target)}: {problem}")
         path = self._clear(layer, relative)
         os.symlink(target, path)
         os.chown(path, *owner, follow_symlinks=False)
@@ -246,7 +251,7 @@ class TreeWriter:
     @staticmethod
     def _check(layer: Layer, relative: str) -> None:
         if (problem := path_problem(f"/{relative}")) is not None:  # as the image names it
-            raise SysvmError(f"{layer.name}: {relative!r}: {problem}")
+            raise SysvmError(f"{layer.name}: {_shown(relative)}: {problem}")
 
 
 def _render_templates(environment: jinja2.Environment, name: str, values: dict[str, object],

@@ -302,39 +302,40 @@ def test_a_special_file_in_a_layer_is_refused(kind, make, tmp_path, workspace):
                                "(a layer holds files, folders and symlinks)")
 
 
-@pytest.mark.parametrize(("name", "problem"), [
-    (b"bad name", f"' ' {ALLOWED}"),
-    (b"bad\n!touch pwned", rf"'\n' {ALLOWED}"),  # a debugfs line starting with '!' runs in a shell
-    (b"bad\tname", rf"'\t' {ALLOWED}"),
-    (b"bad\rname", rf"'\r' {ALLOWED}"),
-    (b'bad"name', f"'\"' {ALLOWED}"),
-    (b"bad\\name", rf"'\\' {ALLOWED}"),
-    (b"bad\x1bname", rf"'\x1b' {ALLOWED}"),
-    ("bad\u00a0name".encode(), rf"'\xa0' {ALLOWED}"),
-    (b"bad\xffname", "not UTF-8"),
+@pytest.mark.parametrize(("name", "shown", "problem"), [
+    (b"bad name", "'srv/bad name'", f"' ' {ALLOWED}"),
+    (b"bad\n!touch pwned", r"'srv/bad\n!touch pwned'", rf"'\n' {ALLOWED}"),  # '!' starts a shell command
+    (b"bad\tname", r"'srv/bad\tname'", rf"'\t' {ALLOWED}"),
+    (b"bad\rname", r"'srv/bad\rname'", rf"'\r' {ALLOWED}"),
+    (b'bad"name', 'srv/bad"name', f"'\"' {ALLOWED}"),
+    (b"bad\\name", "srv/bad\\name", rf"'\\' {ALLOWED}"),
+    (b"bad\x1bname", r"'srv/bad\x1bname'", rf"'\x1b' {ALLOWED}"),
+    ("bad\u00a0name".encode(), r"'srv/bad\xa0name'", rf"'\xa0' {ALLOWED}"),
+    (b"bad\xffname", r"'srv/bad\udcffname'", "not UTF-8"),
 ])
-def test_a_name_that_could_change_a_debugfs_command_is_refused(name, problem, tmp_path, workspace):
+def test_a_name_that_could_change_a_debugfs_command_is_refused(name, shown, problem, tmp_path, workspace):
     layer = tmp_path / "layer"
     (layer / "srv").mkdir(parents=True)
     Path(os.fsdecode(bytes(layer / "srv") + b"/" + name)).write_text("x")
     with pytest.raises(SysvmError) as caught:
         render(with_layers(layer), workspace)
-    assert message(caught) == f"{layer}: {'srv/' + os.fsdecode(name)!r}: {problem}"
+    assert message(caught) == f"{layer}: {shown}: {problem}"
 
 
-@pytest.mark.parametrize(("target", "problem"), [
-    ("x\nsif /usr/bin/bash mode 0104755", rf"'\n' {ALLOWED}"),
-    ("/usr/bin/bash mode 0104755", f"' ' {ALLOWED}"),
-    ('x" "y', f"'\"' {ALLOWED}"),
-    ("a" * 4001, "longer than 4000 bytes"),
+@pytest.mark.parametrize(("target", "shown", "problem"), [
+    ("x\nsif /usr/bin/bash mode 0104755", r"'x\nsif /usr/bin/bash mode 0104755'", rf"'\n' {ALLOWED}"),
+    ("/usr/bin/bash mode 0104755", "'/usr/bin/bash mode 0104755'", f"' ' {ALLOWED}"),
+    ('x" "y', "'x\" \"y'", f"'\"' {ALLOWED}"),
+    ("a" * 4001, f"'{'a' * 100}'... (4001 bytes)", "longer than 4000 bytes"),
 ])
-def test_a_link_target_that_could_change_a_debugfs_command_is_refused(target, problem, tmp_path, workspace):
+def test_a_link_target_that_could_change_a_debugfs_command_is_refused(target, shown, problem, tmp_path,
+                                                                      workspace):
     layer = tmp_path / "layer"
     (layer / "srv").mkdir(parents=True)
     (layer / "srv/link").symlink_to(target)
     with pytest.raises(SysvmError) as caught:
         render(with_layers(layer), workspace)
-    assert message(caught) == f"{layer}: srv/link: link target {target!r}: {problem}"
+    assert message(caught) == f"{layer}: srv/link: link target {shown}: {problem}"
 
 
 def test_a_bad_name_is_named_before_its_link_target(tmp_path, workspace):
