@@ -19,6 +19,7 @@ import yaml
 
 from sysvm.cloudstack import locate
 from sysvm.errors import SysvmError
+from sysvm.fsutil import layer_folder_problem
 from sysvm.hypervisors import ARTIFACTS, BY_CLOUDSTACK_NAME
 from sysvm.metadata import METADATA_KEYS, applying
 from sysvm.resources import resource
@@ -468,8 +469,8 @@ def _validate(config: Config, origins: Origins) -> None:
             except SysvmError as error:
                 raise _fail(path, origins, fallback, str(error)) from error
     for index, layer in enumerate(config.overlay_layers):
-        check(Path(layer).is_dir(), ("overlay_layers", str(index)),
-              f"overlay folder {layer!r} does not exist")
+        if (problem := layer_folder_problem(layer)) is not None:
+            raise _fail(("overlay_layers", str(index)), origins, fallback, problem)
 
 
 def _validate_services(config: Config, check: typing.Callable[[bool, tuple[str, ...], str], None]) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,12 @@ PARTIAL_SUFFIX = ".partial"
 LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>partial|old)")
 # scratch_dir names: <prefix><pid>-<8 random characters from mkdtemp>.
 SCRATCH = re.compile(r"(?P<prefix>.*?)(?P<pid>\d+)-[a-z0-9_]{8}")
+# What an overlay layer folder may not be: the root or a top-level system folder, nor anything inside the
+# folders that hold the host's configuration, its kernel's interfaces, its devices or its boot files.
+SYSTEM_FOLDERS = frozenset({"/", "/etc", "/root", "/usr", "/var", "/boot", "/bin", "/sbin", "/lib", "/lib32",
+                            "/lib64", "/libx32", "/home", "/opt", "/srv", "/proc", "/sys", "/dev", "/run",
+                            "/tmp", "/mnt", "/media"})
+SYSTEM_TREES = ("/etc", "/proc", "/sys", "/dev", "/boot", "/run")
 
 
 @contextmanager
@@ -75,6 +82,61 @@ def mounts_under(path: Path) -> list[Path]:
         if point.startswith(inside):
             points.append(Path(point))
     return points
+
+
+def walk(root: Path, leave_out: frozenset[str] = frozenset()) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below root as (relative path, lstat), parents before children, in name order (the order of
+    sorted paths). No symlink is followed, so nothing outside root is read; folders named in leave_out are
+    neither given nor entered. Iterative, so that no depth of folders exhausts Python's recursion limit."""
+
+    def listing(folder: Path, relative: str) -> Iterator[tuple[str, os.stat_result, Path]]:
+        with os.scandir(folder) as entries:
+            found = sorted(entries, key=lambda entry: entry.name)
+        for entry in found:
+            if entry.name not in leave_out:
+                yield f"{relative}{entry.name}", entry.stat(follow_symlinks=False), Path(entry.path)
+
+    pending = [listing(root, "")]
+    while pending:
+        for relative, info, path in pending[-1]:
+            yield relative, info
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(listing(path, f"{relative}/"))
+                break
+        else:
+            pending.pop()
+
+
+def invoking_uid() -> int:
+    """The user who ran sysvm: the one sudo names, else the effective one."""
+    given = os.environ.get("SUDO_UID", "")
+    return int(given) if given.isdecimal() else os.geteuid()
+
+
+def layer_folder_problem(given: str) -> str | None:
+    """Why the folder `given` (a path relative to the current directory, or absolute) cannot be an overlay
+    layer, or None: it must be a real folder of the user who runs sysvm or of root, and not a system
+    folder."""
+    if not given or "\0" in given:
+        return f"{given!r} is not a folder name"
+    resolved = os.path.realpath(given)
+    where = f"{given!r} resolves to {resolved}"
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        return f"{where}, which does not exist"
+    except OSError as error:
+        return f"{where}, which cannot be read ({error.strerror})"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{where}, which is not a folder"
+    inside = next((tree for tree in SYSTEM_TREES if resolved.startswith(f"{tree}/")), None)
+    if resolved in SYSTEM_FOLDERS or inside:
+        what = f"inside the system folder {inside}" if inside else "a system folder"
+        return f"{where}, {what}: a layer must be a folder of your own"
+    user = invoking_uid()
+    if info.st_uid not in (0, user):
+        return f"{where}, owned by uid {info.st_uid}: a layer must belong to you (uid {user}) or to root"
+    return None
 
 
 def sha256_file(path: Path) -> str:

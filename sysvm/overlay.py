@@ -4,20 +4,25 @@ Packer provisions a disk without the rendered tree; this stage copies that disk 
 the tree's files, folders and links into its ext4 filesystem with debugfs (no mount, no loop
 device), enables the tree's boot units, and checks the filesystem with e2fsck. A change to the
 rendered tree alone therefore costs this stage and the export, not a new Packer boot.
+
+Each file and each folder the tree adds gets the tree's mode and owner byte for byte, each link its owner
+(render set them: a user's layer keeps its own, sysvm's are root's); a folder the image has keeps its own.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from sysvm import log
 from sysvm.errors import SysvmError
+from sysvm.fsutil import walk
 from sysvm.packer import ProvisionedDisk
 from sysvm.process import output, run
-from sysvm.render import RenderedTree
+from sysvm.render import RenderedTree, path_problem
 from sysvm.stage import Stage
 from sysvm.workspace import Workspace
 
@@ -42,10 +47,19 @@ def _filesystem(image: Path, offset: int) -> str:
     return f"{image}?offset={offset}"
 
 
+def _command(*words: str) -> str:
+    """One line of a debugfs script. Render refuses what could split a word or a line (naming its layer);
+    this is the last check, for a tree changed after render."""
+    for word in words:
+        if (problem := path_problem(word)) is not None:
+            raise SysvmError(f"rendered tree: {word!r}: {problem}")
+    return " ".join(words)
+
+
 def _existing(filesystem: str, paths: list[str], scratch: Path) -> set[str]:
     """Which of the paths exist in the image's filesystem (one read-only debugfs run)."""
     script = scratch / "lookup.debugfs"
-    script.write_text("".join(f"stat {path}\n" for path in paths))
+    script.write_text("".join(_command("stat", path) + "\n" for path in paths))
     text = output(["debugfs", "-f", script, filesystem])
     found, current = set(), None
     for line in text.splitlines():
@@ -58,20 +72,27 @@ def _existing(filesystem: str, paths: list[str], scratch: Path) -> set[str]:
 
 
 def write_script(tree: Path, existing: set[str]) -> list[str]:
-    """debugfs commands that make the image hold every folder, file and link of the tree."""
+    """debugfs commands that make the image hold every folder, file and link of the tree with its mode and
+    owner; a folder in `existing` (the image has it) keeps its own. debugfs runs in the tree: files are
+    named relative to it."""
     commands = []
-    for source in sorted(tree.rglob("*")):
-        target = "/" + source.relative_to(tree).as_posix()
-        if source.is_dir() and not source.is_symlink():
+    for relative, info in walk(tree):
+        target = "/" + relative
+        owner = [_command("sif", target, "uid", str(info.st_uid)),
+                 _command("sif", target, "gid", str(info.st_gid))]
+        mode = _command("sif", target, "mode", f"0{info.st_mode:o}")  # type bits too, as debugfs sets them
+        if stat.S_ISDIR(info.st_mode):
             if target not in existing:
-                commands.append(f"mkdir {target}")
+                commands += [_command("mkdir", target), mode, *owner]
             continue
         if target in existing:
-            commands.append(f"rm {target}")
-        if source.is_symlink():
-            commands.append(f"symlink {target} {os.readlink(source)}")
+            commands.append(_command("rm", target))
+        if stat.S_ISLNK(info.st_mode):
+            commands += [_command("symlink", target, os.readlink(tree / relative)), *owner]
+        elif stat.S_ISREG(info.st_mode):
+            commands += [_command("write", relative, target), mode, *owner]
         else:
-            commands += [f"write {source} {target}", f"sif {target} uid 0", f"sif {target} gid 0"]
+            raise SysvmError(f"{tree / relative}: not a file, folder or link: debugfs cannot write it")
     return commands
 
 
@@ -81,9 +102,6 @@ def apply_overlay(provisioned: ProvisionedDisk, rendered: RenderedTree, workspac
     result = FinalImage(stage.key, stage.folder / IMAGE_NAME)
     if stage.reuse(result.image, force=force):
         return result
-    for entry in sorted(rendered.tree.rglob("*")):
-        if any(c.isspace() for c in entry.name):
-            raise SysvmError(f"{entry}: rendered paths must not contain white space (debugfs cannot write them)")
     # debugfs and e2fsck stamp what they write with the current time. The provisioned disk's time instead
     # makes the stage's output a function of its inputs, as its key says; export takes its stamps from the
     # resulting image's time in turn.
@@ -93,7 +111,7 @@ def apply_overlay(provisioned: ProvisionedDisk, rendered: RenderedTree, workspac
         image = temporary / IMAGE_NAME
         run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", provisioned.image, image])
         links = [f"{WANTS}/{unit}" for unit in ENABLED_UNITS]
-        paths = ["/" + p.relative_to(rendered.tree).as_posix() for p in sorted(rendered.tree.rglob("*"))]
+        paths = ["/" + relative for relative, _ in walk(rendered.tree)]
         filesystem = _filesystem(image, provisioned.root_offset)
         existing = _existing(filesystem, [*paths, WANTS, *links], temporary)
         commands = write_script(rendered.tree, existing)
@@ -101,7 +119,8 @@ def apply_overlay(provisioned: ProvisionedDisk, rendered: RenderedTree, workspac
             commands += ([f"rm {link}"] if link in existing else []) + [f"symlink {link} /etc/systemd/system/{unit}"]
         script = temporary / "overlay.debugfs"
         script.write_text("\n".join(commands) + "\n")
-        errors = run(["debugfs", "-w", "-f", script, filesystem], capture=True, env=fixed_time).stderr.decode()
+        errors = run(["debugfs", "-w", "-f", script, filesystem], capture=True, env=fixed_time,
+                     cwd=rendered.tree).stderr.decode()
         problems = [line for line in errors.splitlines() if line.strip() and not line.startswith("debugfs ")]
         if problems:
             raise SysvmError(f"debugfs could not write the rendered tree: {problems[0]}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -13,8 +15,9 @@ from sysvm.disk import PARTITION_START
 from sysvm.errors import SysvmError
 from sysvm.overlay import ENABLED_UNITS, WANTS, apply_overlay
 from sysvm.packer import ProvisionedDisk
-from sysvm.render import RenderedTree
+from sysvm.render import RenderedTree, render
 from sysvm.workspace import Workspace
+from tests.test_render import KEPT, user_layer, with_layers
 
 
 def debugfs(image: Path, command: str) -> str:
@@ -24,9 +27,10 @@ def debugfs(image: Path, command: str) -> str:
 
 @pytest.fixture
 def provisioned(tmp_path) -> ProvisionedDisk:
-    """A disk like Packer leaves it: one ext4 partition after 1 MiB, with an /etc that has files."""
+    """A disk like Packer leaves it: one ext4 partition after 1 MiB, with an /etc that has files, and /srv."""
     root = tmp_path / "root"
     (root / "etc/ssh").mkdir(parents=True)
+    (root / "srv").mkdir(mode=0o755)
     (root / "etc/ssh/sshd_config").write_text("Port 22\n")
     (root / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True)
     raw = tmp_path / "disk.raw"
@@ -78,10 +82,49 @@ def test_second_run_is_up_to_date_and_a_change_makes_a_new_image(provisioned, re
     assert apply_overlay(provisioned, changed, workspace).image != first.image
 
 
-def test_paths_with_spaces_are_refused(provisioned, rendered, workspace):
-    (rendered.tree / "etc/bad name").write_text("x")
-    with pytest.raises(SysvmError, match="must not contain white space"):
+@pytest.mark.parametrize("name", ["bad name", "bad\n!touch pwned"])
+def test_a_tree_changed_after_render_cannot_add_debugfs_commands(name, provisioned, rendered, workspace):
+    """Render refuses such names, naming their layer; the overlay stage refuses them again, should the tree
+    have been changed since."""
+    (rendered.tree / "etc" / name).write_text("x")
+    with pytest.raises(SysvmError) as caught:
         apply_overlay(provisioned, rendered, workspace)
+    character = repr(name[3])
+    assert str(caught.value) == (f"rendered tree: {'/etc/' + name!r}: {character} is not allowed (paths and "
+                                 "link targets carry no white space, control characters, double quotes or "
+                                 "backslashes)")
+
+
+def test_a_special_file_put_into_the_tree_after_render_is_refused(provisioned, rendered, workspace):
+    os.mkfifo(rendered.tree / "etc/pipe")  # debugfs would wait on it forever
+    with pytest.raises(SysvmError) as caught:
+        apply_overlay(provisioned, rendered, workspace)
+    assert str(caught.value) == (f"{rendered.tree}/etc/pipe: not a file, folder or link: "
+                                 "debugfs cannot write it")
+
+
+def test_modes_and_owners_reach_the_image_byte_for_byte(provisioned, tmp_path, workspace):
+    """A user's layer rendered for real, then written into a small ext4 image made with mkfs.ext4 and read
+    back with debugfs: each entry has the layer's mode and owner (special bits included), and a folder the
+    image already has (/srv, /etc) keeps its own."""
+    rendered = render(with_layers(user_layer(tmp_path)), workspace)
+    image = apply_overlay(provisioned, rendered, workspace).image
+    added = {path: kept for path, kept in KEPT.items() if path not in ("/srv", "/etc")}
+    for path, (mode, uid, gid) in added.items():
+        assert inode(image, path) == (mode, uid, gid), path
+    assert inode(image, "/srv") == (0o755, 0, 0) != KEPT["/srv"]
+    assert inode(image, "/etc") == (0o755, 0, 0)
+    assert debugfs(image, "cat /srv/data") == "theirs\n"
+    assert 'Fast link dest: "data"' in debugfs(image, "stat /srv/latest")
+
+
+def inode(image: Path, path: str) -> tuple[int, int, int]:
+    """(permission bits, uid, gid) of a path in the image, as debugfs reads them."""
+    text = debugfs(image, f"stat {path}")
+    mode = re.search(r"Mode:\s+(\d+)", text)
+    owner = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", text)
+    assert mode and owner, text
+    return int(mode[1], 8), int(owner[1]), int(owner[2])
 
 
 def test_the_same_inputs_give_the_same_image_at_any_time(provisioned, rendered, tmp_path):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 from sysvm import config
 from sysvm.errors import SysvmError
 from sysvm.render import SIGNATURE_PATH, render, scripts_signature
+from sysvm.workspace import Workspace
 
 RELEASES = ["buster", "bullseye", "bookworm", "trixie"]
 ROLE_FILES = ["consoleproxy", "secstorage", "router", "vpcrouter", "default"]
@@ -86,8 +90,6 @@ def test_sshd_config_is_valid_and_key_only(workspace, default_config, tmp_path):
 
 
 def test_rendering_twice_gives_identical_manifests(default_config, tmp_path):
-    from sysvm.workspace import Workspace
-
     first = render(default_config, Workspace(tmp_path / "a"))
     second = render(default_config, Workspace(tmp_path / "b"), force=True)
     assert first.manifest.read_bytes() == second.manifest.read_bytes()
@@ -120,3 +122,280 @@ def test_undefined_template_variable_is_an_error(workspace, default_config, monk
     with pytest.raises(SysvmError, match=r"broken.j2: undefined template variable: 'no_such_value'"):
         render(default_config, workspace)
     assert not list(workspace.build.glob("render-*/manifest.json"))
+
+
+# ------------------------------------------------------------------ overlay layers: data, never paths out
+
+SYSTEM = "a system folder: a layer must be a folder of your own"
+
+
+def with_layers(*folders: Path | str) -> config.Config:
+    return config.load(None, [f"overlay_layers={json.dumps([str(folder) for folder in folders])}"])
+
+
+def message(caught: pytest.ExceptionInfo[SysvmError]) -> str:
+    text = str(caught.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("given", ["/etc", "/", "/root", "/usr", "/tmp", "/home"])
+def test_a_system_folder_as_a_layer_is_refused(given):
+    with pytest.raises(SysvmError) as caught:
+        with_layers(given)
+    assert message(caught) == (f'--set overlay_layers=["{given}"]: overlay_layers.0: '
+                               f"{given!r} resolves to {given}, {SYSTEM}")
+
+
+def test_a_relative_layer_that_resolves_to_etc_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(*tmp_path.parts[:5]))  # at most four folders deep: four '..' reach /
+    with pytest.raises(SysvmError) as caught:
+        with_layers("../../../../etc")
+    assert message(caught) == ('--set overlay_layers=["../../../../etc"]: overlay_layers.0: '
+                               f"'../../../../etc' resolves to /etc, {SYSTEM}")
+
+
+@pytest.mark.parametrize("given", ["/etc/ssh", "/sys/kernel", "/dev/shm", "/proc/sys", "/run/lock"])
+def test_a_folder_inside_etc_proc_sys_dev_or_run_is_refused(given):
+    if not Path(given).is_dir():
+        pytest.skip(f"{given} is not on this host")
+    top = "/" + given.split("/")[1]
+    with pytest.raises(SysvmError) as caught:
+        with_layers(given)
+    assert message(caught).endswith(f"overlay_layers.0: {given!r} resolves to {given}, "
+                                    f"inside the system folder {top}: a layer must be a folder of your own")
+
+
+def test_a_link_to_a_system_folder_is_refused_by_what_it_resolves_to(tmp_path):
+    (tmp_path / "innocent").symlink_to("/etc")
+    with pytest.raises(SysvmError) as caught:
+        with_layers(tmp_path / "innocent")
+    assert message(caught).endswith(f"'{tmp_path}/innocent' resolves to /etc, {SYSTEM}")
+
+
+def test_a_layer_that_is_missing_or_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for name, reason in (("missing", "which does not exist"), ("file", "which is not a folder")):
+        with pytest.raises(SysvmError) as caught:
+            with_layers(tmp_path / name)
+        given = f"{tmp_path}/{name}"
+        assert message(caught).endswith(f"overlay_layers.0: {given!r} resolves to {given}, {reason}")
+
+
+def test_a_layer_of_another_user_is_refused_unless_sudo_says_it_is_the_invoking_user(tmp_path, monkeypatch):
+    layer = tmp_path / "theirs"
+    layer.mkdir()
+    os.chown(layer, 4321, 4321)
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    with pytest.raises(SysvmError) as caught:
+        with_layers(layer)
+    assert message(caught).endswith(f"overlay_layers.0: '{layer}' resolves to {layer}, owned by uid 4321: "
+                                    f"a layer must belong to you (uid {os.geteuid()}) or to root")
+    monkeypatch.setenv("SUDO_UID", "4321")
+    assert with_layers(layer).overlay_layers == [str(layer)]
+
+
+ALLOWED = ("is not allowed (paths and link targets carry no white space, control characters, double quotes "
+           "or backslashes)")
+
+
+def host_folder(tmp_path: Path) -> tuple[Path, dict[str, tuple[bytes, int]]]:
+    """A folder standing for the host's own files, outside every layer, and what it holds (bytes, mode)."""
+    host = tmp_path / "host"
+    host.mkdir()
+    secret = host / "motd"
+    secret.write_text("the host's own\n")
+    secret.chmod(0o600)
+    return host, snapshot(host)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {path.name: (path.read_bytes(), path.lstat().st_mode) for path in folder.iterdir()}
+
+
+def test_a_link_an_earlier_layer_left_is_replaced_and_never_written_through(tmp_path, workspace):
+    host, before = host_folder(tmp_path)
+    earlier, later = tmp_path / "earlier", tmp_path / "later"
+    (earlier / "etc").mkdir(parents=True)
+    (earlier / "etc/motd").symlink_to(host / "motd")
+    (later / "etc").mkdir(parents=True)
+    (later / "etc/motd").write_text("from the later layer\n")
+    rendered = render(with_layers(earlier, later), workspace)
+    assert snapshot(host) == before  # bytes and mode 0600
+    motd = rendered.tree / "etc/motd"
+    assert not motd.is_symlink() and motd.read_text() == "from the later layer\n"
+    assert {entry["path"]: entry["type"] for entry in rendered.entries()}["/etc/motd"] == "file"
+
+
+@pytest.mark.parametrize(("folder", "expected"), [
+    ("srv", "{later}: srv/motd: 'srv' is a symlink (from an earlier layer); "
+            "a layer cannot write beneath a link"),
+    # sysvm's own layers made etc/ a folder first: a link cannot take its place.
+    ("etc", "{earlier}: etc: an earlier layer made it a folder; "
+            "a layer cannot put a file or link in its place"),
+], ids=["new-folder", "sysvm-folder"])
+def test_a_layer_cannot_write_beneath_a_link_to_a_host_folder(folder, expected, tmp_path, workspace):
+    host, before = host_folder(tmp_path)
+    earlier, later = tmp_path / "earlier", tmp_path / "later"
+    earlier.mkdir()
+    (earlier / folder).symlink_to(host)
+    (later / folder).mkdir(parents=True)
+    (later / folder / "motd").write_text("through the link\n")
+    with pytest.raises(SysvmError) as caught:
+        render(with_layers(earlier, later), workspace)
+    assert message(caught) == expected.format(earlier=earlier, later=later)
+    assert snapshot(host) == before
+    assert not list(workspace.build.glob("render-*"))
+
+
+def test_render_s_own_files_are_not_written_through_a_layer_s_link(tmp_path, workspace):
+    host, before = host_folder(tmp_path)
+    layer = tmp_path / "layer"
+    (layer / "var").mkdir(parents=True)
+    (layer / "var/cache").symlink_to(host)
+    with pytest.raises(SysvmError) as caught:
+        render(with_layers(layer), workspace)
+    assert message(caught) == ("render: var/cache/cloud/cloud-scripts-signature: 'var/cache' is a symlink "
+                               "(from an earlier layer); a layer cannot write beneath a link")
+    assert snapshot(host) == before
+
+
+def test_a_layer_cannot_write_beneath_a_file_of_an_earlier_layer(tmp_path, workspace):
+    earlier, later = tmp_path / "earlier", tmp_path / "later"
+    (earlier / "srv").mkdir(parents=True)
+    (earlier / "srv/data").write_text("a file\n")
+    (later / "srv/data").mkdir(parents=True)
+    (later / "srv/data/inside").write_text("beneath it\n")
+    with pytest.raises(SysvmError) as caught:
+        render(with_layers(earlier, later), workspace)
+    assert message(caught) == (f"{later}: srv/data/inside: 'srv/data' is a file (from an earlier layer); "
+                               "a layer cannot write beneath a file")
+
+
+def test_a_layer_holding_the_build_folder_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    workspace = Workspace(tmp_path / "output")
+    with pytest.raises(SysvmError) as caught:
+        render(with_layers("."), workspace)
+    assert message(caught) == (f"overlay_layers.0: '.' resolves to {tmp_path}, which holds sysvm's build "
+                               f"folder {tmp_path}/output/build: a layer must be a folder of its own")
+
+
+def test_render_checks_a_layer_folder_again_where_it_reads_it(default_config, workspace):
+    changed = dataclasses.replace(default_config, overlay_layers=["/etc"])  # past config's checks
+    with pytest.raises(SysvmError) as caught:
+        render(changed, workspace)
+    assert message(caught) == f"overlay_layers.0: '/etc' resolves to /etc, {SYSTEM}"
+
+
+@pytest.mark.parametrize(("kind", "make"), [
+    ("fifo", lambda path: os.mkfifo(path)),
+    ("character device", lambda path: os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))),
+])
+def test_a_special_file_in_a_layer_is_refused(kind, make, tmp_path, workspace):
+    layer = tmp_path / "layer"
+    (layer / "srv").mkdir(parents=True)
+    make(layer / "srv/special")
+    with pytest.raises(SysvmError) as caught:
+        render(with_layers(layer), workspace)
+    assert message(caught) == (f"{layer}: srv/special: a {kind} cannot go into the image "
+                               "(a layer holds files, folders and symlinks)")
+
+
+@pytest.mark.parametrize(("name", "shown", "problem"), [
+    (b"bad name", "'srv/bad name'", f"' ' {ALLOWED}"),
+    (b"bad\n!touch pwned", r"'srv/bad\n!touch pwned'", rf"'\n' {ALLOWED}"),  # '!' starts a shell command
+    (b"bad\tname", r"'srv/bad\tname'", rf"'\t' {ALLOWED}"),
+    (b"bad\rname", r"'srv/bad\rname'", rf"'\r' {ALLOWED}"),
+    (b'bad"name', 'srv/bad"name', f"'\"' {ALLOWED}"),
+    (b"bad\\name", "srv/bad\\name", rf"'\\' {ALLOWED}"),
+    (b"bad\x1bname", r"'srv/bad\x1bname'", rf"'\x1b' {ALLOWED}"),
+    ("bad\u00a0name".encode(), r"'srv/bad\xa0name'", rf"'\xa0' {ALLOWED}"),
+    (b"bad\xffname", r"'srv/bad\udcffname'", "not UTF-8"),
+])
+def test_a_name_that_could_change_a_debugfs_command_is_refused(name, shown, problem, tmp_path, workspace):
+    layer = tmp_path / "layer"
+    (layer / "srv").mkdir(parents=True)
+    Path(os.fsdecode(bytes(layer / "srv") + b"/" + name)).write_text("x")
+    with pytest.raises(SysvmError) as caught:
+        render(with_layers(layer), workspace)
+    assert message(caught) == f"{layer}: {shown}: {problem}"
+
+
+@pytest.mark.parametrize(("target", "shown", "problem"), [
+    ("x\nsif /usr/bin/bash mode 0104755", r"'x\nsif /usr/bin/bash mode 0104755'", rf"'\n' {ALLOWED}"),
+    ("/usr/bin/bash mode 0104755", "'/usr/bin/bash mode 0104755'", f"' ' {ALLOWED}"),
+    ('x" "y', "'x\" \"y'", f"'\"' {ALLOWED}"),
+    ("a" * 4001, f"'{'a' * 100}'... (4001 bytes)", "longer than 4000 bytes"),
+])
+def test_a_link_target_that_could_change_a_debugfs_command_is_refused(target, shown, problem, tmp_path,
+                                                                      workspace):
+    layer = tmp_path / "layer"
+    (layer / "srv").mkdir(parents=True)
+    (layer / "srv/link").symlink_to(target)
+    with pytest.raises(SysvmError) as caught:
+        render(with_layers(layer), workspace)
+    assert message(caught) == f"{layer}: srv/link: link target {shown}: {problem}"
+
+
+def test_a_bad_name_is_named_before_its_link_target(tmp_path, workspace):
+    layer = tmp_path / "layer"
+    (layer / "srv").mkdir(parents=True)
+    (layer / "srv/new\nline").symlink_to('"')
+    with pytest.raises(SysvmError) as caught:
+        render(with_layers(layer), workspace)
+    assert message(caught) == f"{layer}: 'srv/new\\nline': '\\n' {ALLOWED}"
+
+
+def user_layer(tmp_path: Path) -> Path:
+    """A user's layer whose modes and owners must reach the image unchanged."""
+    layer = tmp_path / "layer"
+    ssh = layer / "root/.ssh"
+    ssh.mkdir(parents=True)
+    ssh.chmod(0o700)
+    (ssh / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (ssh / "id_ed25519").chmod(0o600)
+    (layer / "usr/local/bin").mkdir(parents=True)
+    (layer / "usr/local/bin/tool").write_text("#!/bin/sh\n")
+    (layer / "usr/local/bin/tool").chmod(0o4755)
+    (layer / "srv/shared").mkdir(parents=True)
+    os.chown(layer / "srv", 1234, 1235)
+    (layer / "srv").chmod(0o2750)
+    (layer / "srv/shared").chmod(0o1777)
+    (layer / "srv/data").write_text("theirs\n")
+    os.chown(layer / "srv/data", 1234, 1235)
+    (layer / "srv/data").chmod(0o640)
+    (layer / "srv/latest").symlink_to("data")
+    os.chown(layer / "srv/latest", 1234, 1235, follow_symlinks=False)
+    (layer / "etc").mkdir()
+    os.chown(layer / "etc", 1000, 1000)  # the tree's and the image's /etc stay root's
+    (layer / "etc").chmod(0o777)
+    return layer
+
+
+# path in the tree: (mode, uid, gid) it must have, from user_layer
+KEPT = {"/root/.ssh": (0o700, 0, 0), "/root/.ssh/id_ed25519": (0o600, 0, 0),
+        "/usr/local/bin/tool": (0o4755, 0, 0), "/srv": (0o2750, 1234, 1235), "/srv/shared": (0o1777, 0, 0),
+        "/srv/data": (0o640, 1234, 1235), "/srv/latest": (0o777, 1234, 1235), "/etc": (0o755, 0, 0)}
+
+
+def test_modes_and_owners_are_kept_in_the_tree_and_the_manifest(tmp_path, workspace):
+    rendered = render(with_layers(user_layer(tmp_path)), workspace)
+    entries = {entry["path"]: entry for entry in rendered.entries()}
+    for path, (mode, uid, gid) in KEPT.items():
+        info = (rendered.tree / path.lstrip("/")).lstat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (mode, uid, gid), path
+        recorded = (entries[path]["mode"], entries[path]["uid"], entries[path]["gid"])
+        assert recorded == (f"{mode:04o}", uid, gid), path
+    assert entries["/srv/latest"]["type"] == "link" and entries["/srv/latest"]["target"] == "data"
+    assert entries["/srv"]["type"] == "folder" and entries["/srv/data"]["type"] == "file"
+
+
+def test_a_change_of_owner_or_folder_mode_in_a_user_layer_renders_again(tmp_path, workspace):
+    layer = user_layer(tmp_path)
+    first = render(with_layers(layer), workspace).key
+    os.chown(layer / "srv/data", 1234, 1236)
+    second = render(with_layers(layer), workspace).key
+    (layer / "root/.ssh").chmod(0o750)
+    third = render(with_layers(layer), workspace).key
+    assert len({first, second, third}) == 3
