@@ -148,11 +148,11 @@ def test_bad_export_settings_name_the_key(tmp_path):
         "export.name_pattern=x-{version}-{hypervisor}-{flavour}":
             "export.name_pattern: only {version}, {arch} and {hypervisor} may be used",
         "export.vmware_hardware_version=130":
-            "export.vmware_hardware_version: expected a VMware virtual hardware version from 7 to 22, got 130",
+            "export.vmware_hardware_version: expected a VMware virtual hardware version 7-22, got 130",
         "export.vmware_hardware_version=vmx-13": "export.vmware_hardware_version: expected an integer",
         "export.download_url=download.cloudstack.org": "export.download_url: expected a URL",
         "export.download_url=https://example.org/{series}/": "export.download_url: only {major}, {minor} and {version}",
-        "releases.bookworm.number=0": "releases.bookworm.number: expected Debian's release number, got 0",
+        "releases.bookworm.number=0": "releases.bookworm.number: expected Debian's release number 1-99, got 0",
         "releases.bookworm.number=twelve": "releases.bookworm.number: expected an integer",
     }
     for assignment, expected in cases.items():
@@ -184,3 +184,142 @@ def _user(tmp_path: Path, text: str) -> Path:
     user = tmp_path / "user.yaml"
     user.write_text(text)
     return user
+
+
+# ------------------------------------------------------------------------------------------ hostile input
+# Each value below would reach a file that a shell, apt, mmdebstrap, dpkg or an INI reader parses, or a
+# path on the host; each must stop the run with one line naming where it was set and the key.
+
+HOSTILE = {
+    # /etc/default/grub is sourced by a shell: a quote would end the string and run the rest.
+    'architectures.amd64.serial_console=\'ttyS0"; touch /pwned; "\'':
+        "architectures.amd64.serial_console: expected a serial console device such as ttyS0 or ttyAMA0",
+    # The artifact's name becomes a path under output/artifacts/.
+    "export.name_pattern=/etc/cron.d/{version}-{hypervisor}": "export.name_pattern: expected a file name pattern",
+    "export.name_pattern=../../{version}-{hypervisor}": "export.name_pattern: expected a file name pattern",
+    "export.name_pattern='$(touch /pwned){version}-{hypervisor}'": "export.name_pattern: expected a file name pattern",
+    'export.name_pattern="{version}-{hypervisor}\\nx"': "export.name_pattern: expected a file name pattern",
+    "export.name_pattern=a..{version}-{hypervisor}": "export.name_pattern: gives the file name 'a..4.20.0-kvm",
+    f"export.name_pattern={'x' * 240}{{version}}-{{hypervisor}}": "bytes for kvm (at most 255)",
+    # metadata.ini: a newline would add a section and a checksum of the attacker's choosing.
+    'export.metadata_formats=[{from_version: "4.20.0", checksum: md5, templatename: "x\\n[kvm]\\nchecksum = 0000",'
+    ' keys: [templatename]}]': "export.metadata_formats.0.templatename: expected a template name",
+    # apt's sources list: a newline would add a repository.
+    'debian.mirror="http://deb.debian.org/debian\\ndeb http://evil.example/ x main"':
+        "debian.mirror: expected auto or a Debian mirror URL",
+    'debian.security_mirror="http://h/debian-security bookworm main"': "debian.security_mirror: expected auto or",
+    "debian.mirror=''": "debian.mirror: expected auto or a Debian mirror URL",
+    "debian.mirror=ftp.debian.org": "debian.mirror: expected auto or a Debian mirror URL",
+    "releases.bookworm.mirror=gopher://x": "releases.bookworm.mirror: expected a Debian mirror URL",
+    "releases.bookworm.security_suite='bookworm-security main contrib'": "releases.bookworm.security_suite: expected an apt suite",
+    # mmdebstrap splits --include on commas; dpkg and apt read package names.
+    "packages.common=[bash,--hook=evil]": "packages.common.1: expected a Debian package name",
+    "packages.common=['bash,--hook=evil']": "packages.common.0: expected a Debian package name",
+    "packages.common=[../../etc/passwd]": "packages.common.0: expected a Debian package name",
+    "packages.roles.router=[Haproxy]": "packages.roles.router.0: expected a Debian package name",
+    "releases.bookworm.java_package='openjdk-17 curl'": "releases.bookworm.java_package: expected a Debian package name",
+    "releases.trixie.package_renames={dnsutils: 'bind9-dnsutils,evil'}":
+        "releases.trixie.package_renames.dnsutils: expected a Debian package name",
+    "path_excludes=['/usr/share/doc/* \\n path-include /etc']": "path_excludes.0: expected an absolute dpkg path glob",
+    "path_excludes=[usr/share/doc/*]": "path_excludes.0: expected an absolute dpkg path glob",
+    # Unicode digits are digits to `\d`, not to CloudStack.
+    "cloudstack.version=٤.٢٠.٠": "cloudstack.version: expected a version like 4.20.0",
+    "cloudstack.build_date='٢٠٢٥-٠١-٣١'": "cloudstack.build_date: expected a date like 2025-01-31",
+    "cloudstack.build_date=2025-13-45": "cloudstack.build_date: expected a date like 2025-01-31, or empty, got '2025-13-45'",
+    "architectures.amd64.qemu.binary='qemu-system-x86_64 -S'": "architectures.amd64.qemu.binary: expected a QEMU",
+    "architectures.arm64.qemu.firmware='/x y.fd'": "architectures.arm64.qemu.firmware: expected an absolute path",
+    "architectures.amd64.grub_platform=../../etc": "architectures.amd64.grub_platform: expected a name",
+    "export.download_url='https://h/x y'": "export.download_url: expected a URL",
+    # Numbers: both bounds.
+    "packer.memory_mib=-1": "packer.memory_mib: expected 256-65536 MiB, got -1",
+    "verify.boot_timeout_s=-5": "verify.boot_timeout_s: expected 30-86400 seconds, got -5",
+    "disk.size_mib=999999999999": "disk.size_mib: expected 1024-65536 MiB, got 999999999999",
+    "verify.disk_mib=999999999999": "verify.disk_mib: expected 1024-262144 MiB, got 999999999999",
+    "packer.ssh_timeout_s=99999999": "packer.ssh_timeout_s: expected 30-86400 seconds",
+    "debian.max_rootfs_age_days=100000": "debian.max_rootfs_age_days: expected 0-3650 days",
+}
+
+
+@pytest.mark.parametrize("assignment", list(HOSTILE))
+def test_a_hostile_setting_is_one_line_naming_the_set_and_the_key(assignment, tmp_path):
+    message = _error(tmp_path, None, [assignment])
+    assert message.startswith(f"--set {assignment}: "), message
+    assert HOSTILE[assignment] in message
+
+
+def test_the_same_values_in_a_file_name_its_line(tmp_path):
+    message = _error(tmp_path, 'architectures:\n  amd64:\n    serial_console: "ttyS0\\"; touch /pwned; \\""\n')
+    assert message.startswith(f"{tmp_path / 'user.yaml'}:3: architectures.amd64.serial_console: expected a serial")
+
+
+def test_every_release_and_architecture_still_loads():
+    for release in config.KNOWN_RELEASES:
+        assert config.load(None, [f"debian.release={release}"]).debian.release == release
+    assert config.load(None, ["debian.architecture=arm64"]).arch.serial_console == "ttyAMA0"
+
+
+def test_an_unquoted_date_stays_a_string_and_a_bad_one_names_its_line(tmp_path):
+    assert config.load(None, ["cloudstack.build_date=2025-01-31"]).cloudstack.build_date == "2025-01-31"
+    message = _error(tmp_path, "cloudstack:\n  build_date: 2025-13-45\n")
+    assert message == (f"{tmp_path / 'user.yaml'}:2: cloudstack.build_date: expected a date like 2025-01-31, "
+                       "or empty, got '2025-13-45'")
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_bytes(b"debian:\n  release: bookworm\n  mirror: http://h/\xe9\n")
+    with pytest.raises(SysvmError) as caught:
+        config.load(user)
+    assert str(caught.value) == f"{user}:3: not UTF-8 text (byte 47): save the file as UTF-8"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_and_small(tmp_path):
+    import time
+    import tracemalloc
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10)]
+    user = tmp_path / "user.yaml"
+    user.write_text("\n".join(levels) + "\n")
+    tracemalloc.start()
+    started = time.monotonic()
+    with pytest.raises(SysvmError) as caught:
+        config.load(user)
+    took = time.monotonic() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert f"more than {config.MAX_VALUES} values once its YAML aliases are expanded" in str(caught.value)
+    assert took < 1.0 and peak < 100 * 2**20, (took, peak)
+
+
+def test_a_self_containing_alias_and_a_huge_file_are_one_line(tmp_path):
+    assert "malformed YAML" in _error(tmp_path, "roles: &r [consoleproxy, *r]\n")
+    user = tmp_path / "user.yaml"
+    user.write_text("# " + "x" * config.MAX_FILE_BYTES + "\n")
+    with pytest.raises(SysvmError, match="larger than 1024 KiB: not a settings file"):
+        config.load(user)
+
+
+def test_a_set_value_that_is_not_yaml_says_to_quote_it(tmp_path):
+    message = _error(tmp_path, None, ["export.name_pattern={version}-x-{hypervisor}"])
+    assert message.startswith("--set export.name_pattern={version}-x-{hypervisor}: malformed YAML")
+    assert "the value is read as YAML: quote it, e.g. --set 'export.name_pattern=\"...\"'" in message
+    quoted = config.load(None, ['export.name_pattern="{version}-x-{hypervisor}"'])
+    assert quoted.export.name_pattern == "{version}-x-{hypervisor}"
+
+
+def test_a_set_that_replaces_a_mapping_is_blamed_not_the_defaults(tmp_path):
+    # --set export={...} replaces export's keys: an error beneath it is the --set's, not sysvm.yaml's line.
+    assignment = "export={hypervisors: [kvm], name_patterns: [], download_url: 'https://h/', vmware_hardware_version: 13}"
+    message = _error(tmp_path, None, [assignment])
+    assert message.startswith(f"--set {assignment}: export.name_patterns: no entry applies"), message
+    # A user file that replaces a mapping with a value is blamed the same way.
+    message = _error(tmp_path, "consoleproxy: 80\n")
+    assert message.startswith(f"{tmp_path / 'user.yaml'}:1: consoleproxy: expected a mapping"), message
+
+
+def test_a_check_between_two_keys_names_where_the_other_was_set(tmp_path):
+    message = _error(tmp_path, None, ["disk.size_mib=8192"])
+    assert "verify.disk_mib: expected at least disk.size_mib (8192, set at --set disk.size_mib=8192)" in message
+    message = _error(tmp_path, None, ["roles=[router]"])
+    assert "verify.roles.0: role 'consoleproxy' is not in roles (router; set at --set roles=[router])" in message

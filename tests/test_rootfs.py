@@ -70,7 +70,7 @@ def test_sources_per_release_and_without_security(tmp_path):
 
 def test_settings_of_the_rootfs_are_checked():
     message = one_line_error(lambda: load("debian.max_rootfs_age_days=-1"))
-    assert "debian.max_rootfs_age_days: expected 0 or more days, got -1" in message
+    assert "debian.max_rootfs_age_days: expected 0-3650 days, got -1" in message
     message = one_line_error(lambda: load("releases.bullseye.without_security=true",
                                           "releases.bullseye.security_mirror=http://mirror.invalid/debian-security"))
     assert "releases.bullseye.without_security: true contradicts security_mirror" in message
