@@ -79,7 +79,7 @@ def _load(user: Path | None, overrides: list[str], tally: dict[str, int]) -> Non
     _checks(config.Config, loaded, "")
 
 
-def test_random_documents_and_set_arguments_load_or_fail_in_one_line(tmp_path):
+def test_random_documents_and_set_arguments_load_or_fail_in_one_line(tmp_path, record_property):
     tally = {"cases": 0, "loaded": 0}
     started = time.monotonic()
     user = tmp_path / "user.yaml"
@@ -116,4 +116,6 @@ def test_random_documents_and_set_arguments_load_or_fail_in_one_line(tmp_path):
     assignments()
     took = time.monotonic() - started
     print(f"fuzz config: {tally['cases']} cases, {tally['loaded']} loaded, {took:.1f} s")
+    record_property("fuzz_config_cases", tally["cases"])  # into the JUnit XML, where CI's figures are read
+    record_property("fuzz_config_seconds", round(took, 1))
     assert tally["cases"] >= 3 * MAX_EXAMPLES * 0.9
