@@ -1,9 +1,10 @@
 """verify stage: boot artifacts in QEMU the way a hypervisor starts a system VM, then test each role.
 
-KVM artifacts get the full treatment: the role's command line is written into the guest through the
-QEMU guest agent (as current KVM hosts do), the control network is a user-mode 169.254.0.0/16 network
-with port 3922 forwarded from 127.0.0.1, and the testinfra suite for the role runs over SSH with the key
-handed over as the management server's. Other formats get a boot check: they must reach a login prompt.
+Each role boots once, and the roles take the artifacts in turn (KVM's first), so every artifact boots and
+runs a role's suite: the role's command line is written into the guest through the QEMU guest agent (as
+current KVM hosts do), the control network is a user-mode 169.254.0.0/16 network with port 3922 forwarded
+from 127.0.0.1, and the testinfra suite for the role runs over SSH with the key handed over as the
+management server's. An artifact left over once every role has one gets a boot check: a login prompt.
 Every boot uses its own throwaway overlay disk, so no state passes from one role to the next.
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
@@ -20,6 +23,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from sysvm import log, tools
 from sysvm.cloudstack import locate
@@ -38,6 +42,7 @@ SUITES = resource("suites")
 CONTROL_NETWORK = "169.254.0.0/16"
 LOGIN_PROMPT = b"login:"
 PARALLEL_VMS = 2
+Target = TypeVar("Target")
 
 
 @dataclass(frozen=True)
@@ -208,11 +213,24 @@ def management_key(folder: Path) -> tuple[Path, str]:
 
 
 def ssh_config(folder: Path, name: str, port: int, key: Path) -> Path:
+    """The client settings for one VM. ControlPath lets the suites' commands share one connection
+    (testinfra asks for ControlMaster=auto): a key exchange costs seconds in an emulated guest. A plain
+    `ssh -F` with this file (the host's steps) still opens a connection of its own."""
     path = folder / f"{name}-ssh_config"
     path.write_text(f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n"
                     "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
-                    "  LogLevel ERROR\n  ConnectTimeout 30\n")
+                    f"  LogLevel ERROR\n  ConnectTimeout 30\n  ControlPath {control_socket(name, port)}\n")
     return path
+
+
+def control_socket(name: str, port: int) -> Path:
+    # A socket's path must stay under 108 bytes, which a workspace's path does not promise.
+    return Path(tempfile.gettempdir()) / f"sysvm-ssh-{os.getpid()}-{port}-{name[:40]}"
+
+
+def close_connection(ssh_file: Path, name: str) -> None:
+    """End the shared connection the suites left (ControlPersist keeps it for a minute otherwise)."""
+    run(["ssh", "-F", ssh_file, "-O", "exit", name], check=False, capture=True, timeout=30)
 
 
 def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: str, role: str, accel: str,
@@ -253,12 +271,12 @@ def suite_command() -> list[str]:
             "-p", "no:cacheprovider", "-q"]
 
 
-def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str, accel: str,
+def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, role: str, accel: str,
                 workspace: Workspace, host: HostFiles | None = None) -> Outcome:
     """The role's testinfra suite over SSH, with what the VM was told at boot as expectations. Given the
     files a CloudStack host sends, the role is first started as a 4.17+ host starts it."""
     folder = workspace.verify
-    name = f"{role}-{'cloudstack' if host else 'kvm'}"
+    name = f"{role}-{hypervisor}"
 
     def run_suite(vm: VirtualMachine, boot: RoleBoot, key_file: Path, outcome: Outcome) -> None:
         ssh_file = ssh_config(folder, vm.name, vm.ssh_port, key_file)
@@ -286,9 +304,12 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str,
         junit, report = folder / f"junit-{vm.name}.xml", folder / f"{vm.name}-tests.log"
         log.step("running the tests")
         started = time.monotonic()
-        result = run([*suite_command(), f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_file}",
-                      f"--junitxml={junit}", "-o", f"junit_suite_name={vm.name}"],
-                     check=False, cwd=folder, stdout_path=report, env={"SYSVM_EXPECT": str(expect_file)})
+        try:
+            result = run([*suite_command(), f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_file}",
+                          f"--junitxml={junit}", "-o", f"junit_suite_name={vm.name}"],
+                         check=False, cwd=folder, stdout_path=report, env={"SYSVM_EXPECT": str(expect_file)})
+        finally:
+            close_connection(ssh_file, vm.name)
         outcome.timings["tests_s"] = round(time.monotonic() - started, 1)
         outcome.tests = _count(junit)
         outcome.passed = result.returncode == 0
@@ -300,8 +321,8 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, role: str,
 
 def verify_boot_only(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, accel: str,
                      workspace: Workspace) -> Outcome:
-    """A non-KVM format under QEMU: it must boot to a login prompt and take a role (console proxy) far
-    enough to answer SSH on its control address. The role tests themselves run on the KVM artifact."""
+    """An artifact no role took: it must boot to a login prompt and take a role (console proxy) far
+    enough to answer SSH on its control address."""
 
     def login_prompt(vm: VirtualMachine, boot: RoleBoot, key_file: Path, outcome: Outcome) -> None:
         log.step("waiting for a login prompt")
@@ -352,10 +373,18 @@ def summary_table(outcomes: list[Outcome]) -> str:
                      for row in rows)
 
 
+def boot_plan(roles: list[str], artifacts: list[Target]) -> list[tuple[str | None, Target]]:
+    """Each role once, the roles taking the artifacts in turn; then each artifact no role took, with no role."""
+    plan: list[tuple[str | None, Target]] = [(role, artifacts[index % len(artifacts)])
+                                              for index, role in enumerate(roles)]
+    return plan + [(None, artifact) for artifact in artifacts[len(roles):]]
+
+
 def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list[str] | None = None,
            hypervisor: str = "", cloudstack: str = "", parallel: int = PARALLEL_VMS) -> list[Outcome]:
-    """Boot and test, `parallel` VMs at a time; with a CloudStack tree (`cloudstack`, else
-    verify.cloudstack_scripts) the KVM roles are started as a 4.17+ host starts them, with that tree's scripts."""
+    """Boot each role once, `parallel` VMs at a time, the roles taking the artifacts in turn; an artifact
+    no role took gets a boot check. With a CloudStack tree (`cloudstack`, else verify.cloudstack_scripts) the
+    roles are started as a 4.17+ host starts them, with that tree's scripts."""
     tools.require(["verify"], config)
     roles = list(roles or config.verify.roles)
     for role in roles:
@@ -380,17 +409,15 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         targets = [(Path(artifact), hypervisor or "kvm")] if artifact else [
             (workspace.artifacts / artifact_name(config, target), target)
             for target in ([hypervisor] if hypervisor else config.hypervisors)]
-        jobs = []
+        disks = []
         for path, target in targets:
             if not path.is_file():
                 raise SysvmError(f"--artifact {artifact}: no such file" if artifact else
                                  f"{path}: artifact not built yet (run invoke build first)")
-            disk, fmt = unpack_artifact(path, images)
-            if target == "kvm":
-                jobs += [(role, verify_role, (config, disk, fmt, path, role, accel, workspace, host))
-                         for role in roles]
-            else:
-                jobs.append((target, verify_boot_only, (config, disk, fmt, path, target, accel, workspace)))
+            disks.append((*unpack_artifact(path, images), path, target))
+        jobs = [(role, verify_role, (config, disk, fmt, path, target, role, accel, workspace, host)) if role else
+                (target, verify_boot_only, (config, disk, fmt, path, target, accel, workspace))
+                for role, (disk, fmt, path, target) in boot_plan(roles, disks)]
         log.say(f"{len(jobs)} boots, {parallel} at a time ({accel})")
         started = time.monotonic()
         with log.parallel(parallel) as pool:

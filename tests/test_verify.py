@@ -10,7 +10,15 @@ from cloud_setup.cmdline import parse
 from cloud_setup.roles import control_nic
 
 from sysvm.ovf import write_ova
-from sysvm.verify import Outcome, management_key, role_boot, summary_table, unpack_artifact, write_junit
+from sysvm.verify import (
+    Outcome,
+    boot_plan,
+    management_key,
+    role_boot,
+    summary_table,
+    unpack_artifact,
+    write_junit,
+)
 from tests.disks import convert, empty_qcow2
 
 EXPECTED_CONTROL = {"consoleproxy": 0, "secstorage": 0, "router": 1, "vpcrouter": 0, "dhcpsrvr": 1}
@@ -83,3 +91,12 @@ def test_each_architecture_boots_in_its_own_qemu_machine(tmp_path, architecture,
     assert command[0] == expected[0]
     assert not any(argument in command for argument in absent)
     assert "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0" in command  # the command line's way in
+
+
+def test_each_role_boots_once_and_every_artifact_boots():
+    roles = ["consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr"]
+    assert boot_plan(roles, ["kvm", "xen", "vmware", "hyperv"]) == [
+        ("consoleproxy", "kvm"), ("secstorage", "xen"), ("router", "vmware"), ("vpcrouter", "hyperv"),
+        ("dhcpsrvr", "kvm")]
+    assert boot_plan(["router"], ["kvm", "xen", "vmware"]) == [("router", "kvm"), (None, "xen"), (None, "vmware")]
+    assert boot_plan(roles[:2], ["kvm"]) == [("consoleproxy", "kvm"), ("secstorage", "kvm")]
