@@ -144,7 +144,7 @@ def _baked_boot_with_corrupt_scripts(scenario: Scenario, cloudstack: str) -> Non
         outcome.passed = True
 
     accel = accelerator(cfg.verify.accelerator, workspace.cache, cfg.debian.architecture)
-    scenario.outcome = _boot_into_role(cfg, disk, fmt, Path(disk), "corrupt-on-baked", "router", accel, workspace,
+    scenario.outcome = _boot_into_role(cfg, disk, fmt, Path(disk), "corrupt-on-baked", "consoleproxy", accel, workspace,
                                        host_sends_corrupt_scripts)
 
 
