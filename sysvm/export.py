@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysvm import log, metadata
+from sysvm import log, metadata, ovf, pieces
 from sysvm.cloudstack import locate
 from sysvm.config import Config
 from sysvm.errors import SysvmError
@@ -63,9 +64,10 @@ def qemu_virtual_size(image: Path) -> int:
     return int(json.loads(output(["qemu-img", "info", "--output=json", image]))["virtual-size"])
 
 
-def _compress_bz2(source: Path, destination: Path, threads: int) -> None:
-    log.step("compressing (lbzip2)")
-    run(["lbzip2", "-n", str(threads), "-9", "-c", source], stdout_path=destination)
+def _compress_bz2(source: Path, destination: Path, threads: int, cache: Path) -> None:
+    log.step("compressing (lbzip2, in pieces)")
+    with destination.open("wb") as out:
+        pieces.compress(source, out, pieces.BZIP2, cache, threads)
 
 
 def _source_format(image: Path) -> str:
@@ -97,6 +99,11 @@ class Stamp:
 
 VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z: VHD counts its time stamps from there
 ZIP_EPOCH = 315532800  # 1980-01-01T00:00:00Z: the earliest date a zip entry can hold
+ZIP_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+ZIP_CENTRAL_HEADER = struct.Struct("<IHHHHHHIIIHHHHHII")  # made by 0x0314: Unix, zip 2.0, as zipfile writes
+ZIP_END = struct.Struct("<IHHHHIIH")
+ZIP64_FROM = 0xFFFFFFFF - (256 << 20)  # deflate may grow data a little; below this no size needs zip64
+PIECES = "export-pieces"  # under output/cache: compressed pieces by content (sysvm.pieces)
 
 
 def _stamp_vhd(vhd: Path, stamp: Stamp, hypervisor: str) -> None:
@@ -135,17 +142,38 @@ def _stamp_vmdk(vmdk: Path, stamp: Stamp, hypervisor: str) -> None:
         handle.write(text.ljust(len(area), b"\0"))
 
 
-def _zip(source: Path, target: Path, inner: str, stamp: Stamp) -> None:
-    entry = zipfile.ZipInfo.from_file(source, arcname=inner)
-    entry.date_time = time.gmtime(max(stamp.time, ZIP_EPOCH))[:6]  # not the file's: it was made just now
-    entry.external_attr = 0o644 << 16  # not the file's mode either: that depends on the umask
-    entry.compress_type = zipfile.ZIP_DEFLATED  # at zlib's default level, 6
-    with zipfile.ZipFile(target, "w") as archive, source.open("rb") as data, archive.open(entry, "w") as member:
-        shutil.copyfileobj(data, member, 1 << 20)
+def _dos_time(stamp: Stamp) -> tuple[int, int]:
+    """A zip entry's time and date fields: the stamp's, not the file's (it was made just now)."""
+    year, month, day, hour, minute, second = time.gmtime(max(stamp.time, ZIP_EPOCH))[:6]
+    return (hour << 11) | (minute << 5) | (second // 2), ((year - 1980) << 9) | (month << 5) | day
+
+
+def _zip(source: Path, target: Path, inner: str, stamp: Stamp, threads: int, cache: Path) -> None:
+    """One deflated entry, its data made of cached pieces; a disk too big for a zip without zip64
+    extensions is zipped whole by zipfile instead."""
+    if source.stat().st_size >= ZIP64_FROM:
+        entry = zipfile.ZipInfo(inner, time.gmtime(max(stamp.time, ZIP_EPOCH))[:6])
+        entry.external_attr = 0o644 << 16  # not the file's mode: that depends on the umask
+        entry.compress_type, entry.file_size = zipfile.ZIP_DEFLATED, source.stat().st_size  # zlib's level 6
+        with zipfile.ZipFile(target, "w") as archive, source.open("rb") as data, archive.open(entry, "w") as member:
+            shutil.copyfileobj(data, member, 1 << 20)
+        return
+    name = inner.encode("ascii")
+    with target.open("wb") as out:
+        out.write(bytes(ZIP_LOCAL_HEADER.size + len(name)))  # the local header, once the sizes are known
+        done = pieces.compress(source, out, pieces.DEFLATE, cache, threads, crc=True)
+        directory_at = out.tell()
+        # version needed 2.0, no flags, deflate, time, date, CRC-32, compressed and uncompressed sizes
+        fields = (20, 0, zipfile.ZIP_DEFLATED, *_dos_time(stamp), done.crc32, done.compressed_size, done.size)
+        central = ZIP_CENTRAL_HEADER.pack(0x02014B50, 0x0314, *fields, len(name), 0, 0, 0, 0, 0o644 << 16, 0) + name
+        out.write(central)
+        out.write(ZIP_END.pack(0x06054B50, 0, 0, 1, 1, len(central), directory_at, 0))
+        out.seek(0)
+        out.write(ZIP_LOCAL_HEADER.pack(0x04034B50, *fields, len(name), 0) + name)
 
 
 def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, threads: int,
-                   stamp: Stamp) -> Path:
+                   stamp: Stamp, cache: Path) -> Path:
     made = ARTIFACTS[hypervisor]
     name = artifact_name(config, hypervisor)
     target = staging / name
@@ -159,10 +187,10 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
     elif made.disk_format == "vmdk":
         _stamp_vmdk(disk, stamp, hypervisor)
     if made.packing == "bz2":
-        _compress_bz2(disk, target, threads)
+        _compress_bz2(disk, target, threads, cache)
     elif made.packing == "zip":
-        log.step("compressing (zip)")
-        _zip(disk, target, name.removesuffix(".zip"), stamp)
+        log.step("compressing (zip, in pieces)")
+        _zip(disk, target, name.removesuffix(".zip"), stamp, threads, cache)
     else:
         log.step("writing the OVA")
         write_ova(target, name.removesuffix(".ova"), disk, qemu_virtual_size(image),
@@ -172,17 +200,25 @@ def _make_artifact(config: Config, hypervisor: str, image: Path, staging: Path, 
 
 
 def _artifact_with_checksums(config: Config, hypervisor: str, image: Path, staging: Path, threads: int,
-                             stamp: Stamp) -> tuple[Path, dict[str, object]]:
+                             stamp: Stamp, cache: Path) -> tuple[Path, dict[str, object]]:
     """One export job: the artifact and its build-report.json entry (checksums in the job, so in parallel)."""
-    path = _make_artifact(config, hypervisor, image, staging, threads, stamp)
+    path = _make_artifact(config, hypervisor, image, staging, threads, stamp, cache)
     log.step("checksums")
     return path, {"hypervisor": hypervisor, "size": path.stat().st_size,
                   "md5": hash_file(path, "md5"), "sha512": hash_file(path, "sha512")}
 
 
+def code_digest() -> str:
+    """The code that makes the artifacts (this module, the pieces, the OVA): a change to it makes them again."""
+    digest = hashlib.sha256()
+    for source in (__file__, pieces.__file__, ovf.__file__):
+        digest.update(Path(str(source)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def export_inputs(config: Config, final: FinalImage) -> dict[str, object]:
     # metadata.ini is left out: it is rewritten from the report's checksums without remaking artifacts.
-    return {"overlay": final.key, "export.hypervisors": config.hypervisors,
+    return {"overlay": final.key, "code": code_digest(), "export.hypervisors": config.hypervisors,
             "export.name_pattern": name_pattern(config),
             "export.vmware_hardware_version": config.export.vmware_hardware_version,
             "cloudstack.version": config.cloudstack.version, "debian.architecture": config.debian.architecture}
@@ -250,9 +286,12 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
         jobs = len(names)
         threads = max(1, (os.cpu_count() or 1))
         stamp = Stamp.of(final)
+        cache = workspace.cache / PIECES
+        if removed := pieces.prune(cache):
+            log.say(f"export: removed {removed} pieces no export used for {pieces.CACHE_DAYS} days from {cache}")
         with log.parallel(jobs) as pool:
-            futures = [pool.submit(h, _artifact_with_checksums, config, h, final.image, staging, threads, stamp)
-                       for h in names]
+            futures = [pool.submit(h, _artifact_with_checksums, config, h, final.image, staging, threads, stamp,
+                                   cache) for h in names]
             made = dict(future.result() for future in futures)
         artifacts = {path.name: info for path, info in made.items()}
         for algorithm, filename in CHECKSUM_FILES.items():
