@@ -32,8 +32,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # at the end, so that a run that has everything it needs reports no skip.
 DESELECTED = {
     "all_faults": "build fault table rows that `invoke faults` runs (--all-faults); `invoke test` runs one per stage",
-    "cloudstack_git": "comparisons with templateConfig.sh of older CloudStack commits: set SYSVM_CLOUDSTACK_GIT to "
-                      "a CloudStack git repository with history to run them",
+    "cloudstack_git": "comparisons with templateConfig.sh at each metadata.ini layout's CloudStack commit: set "
+                      "SYSVM_CLOUDSTACK_GIT to a CloudStack git repository with history to run them",
 }
 _DROPPED = pytest.StashKey[dict[str, int]]()  # how many of each group were deselected
 
