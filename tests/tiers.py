@@ -27,15 +27,9 @@ import shutil
 
 import pytest
 
-TIERS = ("unit", "host", "mirror", "image")
-MARKERS = TIERS[1:]
-# The -m expression of each tier: a test marked with more than one is in the last of them.
-SELECT = {
-    "unit": "not host and not mirror and not image",
-    "host": "host and not mirror and not image",
-    "mirror": "mirror and not image",
-    "image": "image",
-}
+# The tiers' markers, in the order they run (the unit tier has none); sysvm/selftest.py TIERS holds each
+# tier's -m expression, under which a test with more than one marker is in the last of them.
+MARKERS = ("host", "mirror", "image")
 STRICT_VARIABLE = "SYSVM_TIERS"
 
 
