@@ -1,5 +1,6 @@
 """Shared fixtures: the repository root, a workspace under a temporary folder, default configuration; the
-tiers' rules (tests/tiers.py): host and mirror tests need root, and tests that cannot run here are deselected."""
+tiers' rules (tests/tiers.py): host and mirror tests need root, tests that cannot run here are deselected,
+and under SYSVM_TIERS=strict (`invoke test`) every skip is a failure."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ def empty_qcow2(path: Path, size: str) -> Path:
 
 def convert(source: Path, target: Path) -> Path:
     fmt, options = CONVERSIONS[target.suffix.lstrip(".")]
-    subprocess.run([host_tool("qemu-img", "qemu-utils"), "convert", "-O", fmt, "-o", options, str(source), str(target)], check=True)
+    subprocess.run([host_tool("qemu-img", "qemu-utils"), "convert", "-O", fmt, "-o", options, str(source),
+                    str(target)], check=True)
     return target
 
 
