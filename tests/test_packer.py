@@ -44,6 +44,7 @@ def test_packer_accepts_the_template(tmp_path, architecture):
     document = _template(tmp_path, [f"debian.architecture={architecture}"])
     path = tmp_path / "template.json"
     path.write_text(json.dumps(document))
-    checked = subprocess.run([host_tool("packer", "packer"), "validate", "-syntax-only", str(path)], capture_output=True, text=True,
+    packer_tool = host_tool("packer", "packer")
+    checked = subprocess.run([packer_tool, "validate", "-syntax-only", str(path)], capture_output=True, text=True,
                              env={"CHECKPOINT_DISABLE": "1", "PATH": "/usr/bin:/bin"}, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
