@@ -104,9 +104,9 @@ def in_marked_output(command: Callable[[], int]) -> int:
     return cli.guarded(marked)
 
 
-@task(help={"quick": "leave out the tests that build and boot an image (minutes under TCG)"})
+@task(help={"quick": "leave out the image tier, the tests that build and boot an image (minutes under TCG)"})
 def test(c: Context, quick: bool = False) -> None:
-    """Run ruff and the whole test suite, end-to-end image tests included."""
+    """Run ruff, then the test tiers unit, host, mirror and image in turn until one fails; a table at the end."""
     from sysvm.selftest import run_tests
 
     raise SystemExit(in_marked_output(lambda: run_tests(CHECKOUT, quick)))

@@ -6,6 +6,7 @@ name it. Validation happens here, before any stage runs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import re
@@ -474,8 +475,27 @@ def _apply_set(data: dict[str, Any], origins: Origins, assignment: str) -> dict[
     return _merge(data, patch)
 
 
+# The defaults file as _load_yaml read it last, keyed by the file's path, inode, size and modification time.
+_defaults_read: dict[tuple[str, int, int, int], tuple[dict[str, Any], Origins, list[tuple[str, ...]]]] = {}
+
+
+def _load_defaults(path: Path) -> tuple[dict[str, Any], Origins, list[tuple[str, ...]]]:
+    """_load_yaml of the defaults, read once while the file stays as it is (its pure-Python YAML parse takes
+    some 50 ms, and a test run or a bench loads the configuration many times); a copy each time."""
+    try:
+        info = path.stat()
+    except OSError:
+        return _load_yaml(path)  # which says what is wrong with it
+    key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _defaults_read:
+        read = _load_yaml(path)
+        _defaults_read.clear()
+        _defaults_read[key] = read
+    return copy.deepcopy(_defaults_read[key])
+
+
 def load(user_file: Path | None = None, overrides: typing.Sequence[str] = (), defaults: Path = DEFAULTS_FILE) -> Config:
-    data, origins, _ = _load_yaml(defaults)
+    data, origins, _ = _load_defaults(defaults)
     if user_file is not None:
         user_data, user_origins, replaced = _load_yaml(user_file)
         data = _merge(data, user_data)

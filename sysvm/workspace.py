@@ -20,10 +20,11 @@ MARKER = ".made-by-sysvm"
 MARKER_TEXT = "sysvm writes here; `sysvm clean` removes only the entries sysvm makes and leaves the rest.\n"
 CACHE = "cache"
 # Every entry sysvm makes in output/: stage folders, each variant's artifacts, verify results and logs
-# (artifacts-trixie-arm64), bench's and matrix's results and layer, the test commands' JUnit XML and fault
-# tables, and what atomic_path leaves beside any of them. The cache is one too, removed only with --all.
+# (artifacts-trixie-arm64), bench's and matrix's results and layer, the test commands' JUnit XML (one per
+# tier, and an older sysvm's one for all), their summary and fault tables, and what atomic_path leaves beside
+# any of them. The cache is one too, removed only with --all.
 _OWN_NAMES = (r"(build|cache|(artifacts|verify|logs)(-[a-z0-9]+)*|bench\.json|bench-overlay|matrix\.json"
-              r"|fault-table-[a-z]+\.md|test-results\.xml|fault-results\.xml)")
+              r"|fault-table-[a-z]+\.md|test-results(-[a-z]+)?\.xml|test-tiers\.json|fault-results\.xml)")
 OWN_ENTRY = re.compile(rf"{_OWN_NAMES}|\.{_OWN_NAMES}\.\d+\.(partial|old)")
 
 

@@ -7,17 +7,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.tiers import host_tool
+
 CONVERSIONS = {"vhd": ("vpc", "subformat=dynamic,force_size=on"), "vmdk": ("vmdk", "subformat=streamOptimized")}
 
 
 def empty_qcow2(path: Path, size: str) -> Path:
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
+    subprocess.run([host_tool("qemu-img", "qemu-utils"), "create", "-q", "-f", "qcow2", str(path), size], check=True)
     return path
 
 
 def convert(source: Path, target: Path) -> Path:
     fmt, options = CONVERSIONS[target.suffix.lstrip(".")]
-    subprocess.run(["qemu-img", "convert", "-O", fmt, "-o", options, str(source), str(target)], check=True)
+    subprocess.run([host_tool("qemu-img", "qemu-utils"), "convert", "-O", fmt, "-o", options, str(source),
+                    str(target)], check=True)
     return target
 
 

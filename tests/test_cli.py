@@ -77,6 +77,7 @@ def test_a_task_and_its_command_share_one_summary():
         assert getattr(tasks, name).__doc__ == getattr(cli, name).__doc__
 
 
+@pytest.mark.host  # render gives the tree to root
 def test_render_writes_output_in_the_current_directory(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["render"]) == 0
@@ -117,6 +118,7 @@ def test_version_of_a_source_tree_that_is_not_installed_comes_from_its_pyproject
     assert cli.version() == VERSION
 
 
+@pytest.mark.host  # the build's host tools; render
 def test_validate_checks_the_defaults_and_writes_nothing(tmp_path):
     checked = sysvm(tmp_path, "validate")
     assert checked.returncode == 0, checked.stderr
@@ -132,6 +134,7 @@ def test_validate_checks_the_defaults_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no output/, and the temporary render (TMPDIR) is gone
 
 
+@pytest.mark.host  # the build's host tools; render
 def test_validate_leaves_an_existing_output_folder_as_it_was(tmp_path):
     stage = tmp_path / "output/build/render-0123456789abcdef"
     stage.mkdir(parents=True)
@@ -174,6 +177,7 @@ def test_validate_stops_at_a_missing_layer_with_one_line(tmp_path):
     assert "overlay_layers.0" in checked.stderr and "absent" in checked.stderr
 
 
+@pytest.mark.host  # every host tool of the build but mmdebstrap
 def test_validate_names_a_missing_host_tool(tmp_path):
     # A PATH holding every tool this host has but mmdebstrap.
     tool_dir = tmp_path / "bin"

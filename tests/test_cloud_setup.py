@@ -78,6 +78,8 @@ class FakeSystem:
         return self.outputs.get(argv[0], "")
 
 
+# The tests on a rendered tree (this fixture, and root, declared and system made from it) are host tests:
+# render gives the tree's files to root.
 @pytest.fixture(scope="module")
 def rendered_tree(tmp_path_factory) -> Path:
     from sysvm import config
@@ -113,6 +115,7 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("role", sorted(LINES))
 def test_each_role_is_configured_and_rerun_changes_nothing(role, root, system, declared):
     paths = Paths(root)
@@ -146,6 +149,7 @@ def test_each_role_is_configured_and_rerun_changes_nothing(role, root, system, d
     assert not [c for c in rerun.calls if c[:2] in (["systemctl", "enable"], ["systemctl", "disable"])]
 
 
+@pytest.mark.host
 def test_routes_dns_and_agent_properties_for_console_proxy(root):
     paths = Paths(root)
     Setup(paths, parse(LINES["consoleproxy"]), "kvm", FakeSystem()).apply()
@@ -164,6 +168,7 @@ def test_routes_dns_and_agent_properties_for_console_proxy(root):
     assert properties["resource"] == "com.cloud.agent.resource.consoleproxy.ConsoleProxyResource"
 
 
+@pytest.mark.host
 def test_agent_service_enabled_only_with_the_bundle(root, declared):
     (root / "usr/local/cloud/systemvm/cloud-agent.jar").write_bytes(b"PK")
     system = FakeSystem()
@@ -173,6 +178,7 @@ def test_agent_service_enabled_only_with_the_bundle(root, declared):
     assert ["systemctl", "start", "--no-block", *units] in system.calls
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("role", ["router", "vpcrouter"])
 def test_redundant_router_swaps_the_declared_services(role, root, system, declared):
     Setup(Paths(root), parse(LINES[role] + " redundant_router=true"), "kvm", system).apply()
@@ -181,12 +187,14 @@ def test_redundant_router_swaps_the_declared_services(role, root, system, declar
     assert system.enabled == set(declared["roles"][role]) - set(swap["instead_of"]) | set(swap["add"])
 
 
+@pytest.mark.host
 def test_redundant_router_flag_changes_nothing_in_other_roles(root, system, declared):
     Setup(Paths(root), parse(LINES["dhcpsrvr"] + " redundant_router=true"), "kvm", system).apply()
     assert "dhcpsrvr" not in declared["redundant_router"]["roles"]
     assert system.enabled == set(declared["roles"]["dhcpsrvr"])
 
 
+@pytest.mark.host
 def test_without_a_declaration_no_service_is_touched(root, system, caplog):
     (root / DECLARATION).unlink()
     before = set(system.enabled)
@@ -197,6 +205,7 @@ def test_without_a_declaration_no_service_is_touched(root, system, caplog):
     assert (root / "etc/iptables/rules.v4").is_file()  # the rest of the setup still ran
 
 
+@pytest.mark.host
 def test_vmware_console_proxy_uses_eth1_for_control(root):
     line = LINES["consoleproxy"].replace("eth0ip=169.254.3.93", "eth0ip=10.0.0.60").replace(
         "eth1ip=10.0.0.50", "eth1ip=169.254.3.93")
@@ -321,6 +330,7 @@ def test_mnt_cmdline_overrides_every_channel(tmp_path):
 # ------------------------------------------------------------------------------------ malformed lines
 
 
+@pytest.mark.host
 def test_missing_type_is_an_error_but_control_stays_reachable(root):
     line = parse(LINES["consoleproxy"].replace("type=consoleproxy ", ""))
     assert "the command line has no type=" in line.errors
@@ -330,6 +340,7 @@ def test_missing_type_is_an_error_but_control_stays_reachable(root):
     assert "ListenAddress 169.254.3.93" in (root / "etc/ssh/sshd_config.d/10-cloudstack-control.conf").read_text()
 
 
+@pytest.mark.host
 def test_bad_address_is_rejected_but_the_control_nic_is_kept(root, caplog):
     line = parse(LINES["router"].replace("eth2ip=192.168.1.30", "eth2ip=192.168.1.300"))
     assert line.errors == ["eth2ip=192.168.1.300 is not an IPv4 address"]
@@ -344,6 +355,7 @@ def test_bad_netmask_is_rejected():
         "eth1mask=255.0.255.0 is not a netmask"]
 
 
+@pytest.mark.host
 def test_unknown_role_gets_the_default_setup(root, system):
     Setup(Paths(root), parse("type=mailserver name=m-1 eth0ip=169.254.9.9 eth0mask=255.255.0.0"), "kvm",
           system).apply()
@@ -351,6 +363,7 @@ def test_unknown_role_gets_the_default_setup(root, system):
     assert system.enabled == set()
 
 
+@pytest.mark.host
 def test_main_with_no_command_line_exits_1_keeps_ssh_on_every_address(root, monkeypatch):
     _proc_stat(root, time.time())
     monkeypatch.setattr(cmdline_module, "run_command", lambda argv, stdin=None, query=False: "")
@@ -363,6 +376,7 @@ def test_main_with_no_command_line_exits_1_keeps_ssh_on_every_address(root, monk
     assert "no command line arrived" in (root / "var/log/cloud.log").read_text()
 
 
+@pytest.mark.host
 def test_main_writes_cmd_line_json(root, monkeypatch):
     (root / "mnt").mkdir()
     (root / "mnt/cmdline").write_text(LINES["router"])
@@ -378,6 +392,7 @@ def test_main_writes_cmd_line_json(root, monkeypatch):
 # ------------------------------------------------------------------------------------------ diagnostics
 
 
+@pytest.mark.host  # [UPTIME] runs uptime (procps)
 def test_diagnostics_zip_holds_files_outputs_and_problems(tmp_path):
     present = tmp_path / "dnsmasq.log"
     present.write_text("dhcp lease\n")
@@ -391,12 +406,14 @@ def test_diagnostics_zip_holds_files_outputs_and_problems(tmp_path):
     assert f"{tmp_path / 'missing.log'}: no such file" in errors
 
 
+@pytest.mark.host
 def test_management_routes_are_best_effort(root):
     Setup(Paths(root), parse(LINES["secstorage"]), "kvm", FakeSystem()).apply()
     interfaces = (root / "etc/network/interfaces").read_text()
     assert "up ip route replace 10.0.0.0/24 via 10.0.0.1 dev eth1 || true" in interfaces
 
 
+@pytest.mark.host
 def test_ipv6_rules_are_loaded_with_the_ipv4_ones(root):
     system = FakeSystem()
     Setup(Paths(root), parse(LINES["router"]), "kvm", system).apply()
@@ -404,6 +421,7 @@ def test_ipv6_rules_are_loaded_with_the_ipv4_ones(root):
     assert ":INPUT DROP" in (root / "etc/iptables/rules.v6").read_text()
 
 
+@pytest.mark.host
 def test_a_failed_command_is_logged_as_a_failure(root, caplog):
     caplog.set_level(logging.INFO, logger="cloud_setup")
     system = FakeSystem()

@@ -29,6 +29,7 @@ def _blank(path: Path, size: int) -> Path:
     return path
 
 
+@pytest.mark.host  # sfdisk (fdisk)
 def test_amd64_keeps_one_mbr_partition_from_1_mib_to_the_end(tmp_path):
     arch = config.load().arch
     raw = _blank(tmp_path / "disk.raw", 256 * MIB)
@@ -41,6 +42,7 @@ def test_amd64_keeps_one_mbr_partition_from_1_mib_to_the_end(tmp_path):
     assert root.get("bootable") is True
 
 
+@pytest.mark.host  # sfdisk (fdisk)
 def test_arm64_gets_a_gpt_with_an_efi_partition_then_root_to_the_end(tmp_path):
     arch = config.load(None, ["debian.architecture=arm64"]).arch
     raw = _blank(tmp_path / "disk.raw", 256 * MIB)
@@ -56,6 +58,7 @@ def test_arm64_gets_a_gpt_with_an_efi_partition_then_root_to_the_end(tmp_path):
     assert room - MIB <= disk.root_partition_bytes(raw, disk.root_offset(arch)) <= room - 33 * 512
 
 
+@pytest.mark.host  # sfdisk, mkfs.fat, mtools
 def test_the_efi_partition_holds_grub_at_the_removable_media_path(tmp_path):
     arch = config.load(None, ["debian.architecture=arm64"]).arch
     raw = _blank(tmp_path / "disk.raw", 128 * MIB)

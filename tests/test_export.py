@@ -58,6 +58,7 @@ def test_names_follow_the_version_as_upstream():
     assert export.artifact_name(mine, "kvm") == "sysvm-kvm-4.20.0.qcow2.bz2"
 
 
+@pytest.mark.host
 def test_export_makes_every_artifact_with_checksums_and_report(provisioned, workspace, tmp_path):
     disk, rootfs = provisioned
     cfg = config.load()
@@ -101,6 +102,7 @@ def _sums(path) -> dict[str, str]:
     return dict(reversed(line.split("  ")) for line in path.read_text().splitlines())
 
 
+@pytest.mark.host
 def test_metadata_of_a_default_4_20_0_build_matches_the_checksum_lists(provisioned, workspace):
     disk, rootfs = provisioned
     cfg = config.load()
@@ -124,6 +126,7 @@ def test_metadata_of_a_default_4_20_0_build_matches_the_checksum_lists(provision
     assert ini["ovm3"]["checksum"] == ""  # not built: listed because 4.20.0 reads every section
 
 
+@pytest.mark.host
 def test_ovm_raw_image_with_sha512_metadata_for_4_22(provisioned, workspace, tmp_path):
     disk, rootfs = provisioned
     cfg = config.load(None, ["cloudstack.version=4.22.0", "export.hypervisors=[kvm, ovm]"])
@@ -148,6 +151,7 @@ def test_ovm_raw_image_with_sha512_metadata_for_4_22(provisioned, workspace, tmp
     assert ini["kvm-x86_64"]["checksum"] == ini["lxc"]["checksum"] == sha512[export.artifact_name(cfg, "kvm")]
 
 
+@pytest.mark.host
 def test_metadata_settings_rewrite_metadata_ini_without_remaking_artifacts(provisioned, workspace, monkeypatch):
     disk, rootfs = provisioned
     cfg = config.load(None, ["export.hypervisors=[kvm]", "cloudstack.version=4.22.0"])
@@ -170,6 +174,7 @@ def test_metadata_settings_rewrite_metadata_ini_without_remaking_artifacts(provi
     assert ini["kvm-x86_64"]["guestos"] == "Debian GNU/Linux 13 (64-bit)"
 
 
+@pytest.mark.host
 def test_ova_layout_descriptor_and_manifest(provisioned, workspace):
     disk, rootfs = provisioned
     cfg = config.load(None, ["export.hypervisors=[vmware]"])
@@ -201,6 +206,7 @@ def test_ova_layout_descriptor_and_manifest(provisioned, workspace):
     assert contents[vmdk_name][:4] == b"KDMV"
 
 
+@pytest.mark.host
 def test_the_same_image_gives_the_same_bytes_in_every_format(provisioned, tmp_path):
     """Two exports of one image, a second apart: identical artifacts. Another image time changes what
     records it (VHD's footer, VMDK's CID, the zip entry's date) and nothing else."""
@@ -254,6 +260,7 @@ def test_hardware_version_is_a_setting_for_older_esxi():
         "export.vmware_hardware_version changed: 13 → 11"]  # the OVA is remade
 
 
+@pytest.mark.host
 def test_rerun_with_nothing_changed_does_no_work_and_a_change_is_named(provisioned, workspace, monkeypatch, capsys):
     disk, rootfs = provisioned
     cfg = config.load(None, ["export.hypervisors=[kvm]"])
@@ -275,6 +282,7 @@ def test_rerun_with_nothing_changed_does_no_work_and_a_change_is_named(provision
         f"export: rebuilding ({export.artifact_name(cfg, 'ovm')} missing)")
 
 
+@pytest.mark.host
 def test_interrupted_export_leaves_nothing_that_looks_finished(provisioned, workspace, monkeypatch):
     disk, rootfs = provisioned
     cfg = config.load(None, ["export.hypervisors=[kvm, xen]"])

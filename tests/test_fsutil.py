@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from sysvm.fsutil import atomic_path, mounts_under, owner_alive, prune_leftovers, prune_scratch, scratch_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +167,7 @@ def test_scratch_dir_names_carry_the_pid(tmp_path):
     assert prune_scratch(tmp_path / "tmp") == []  # this process is running: its scratch stays
 
 
+@pytest.mark.host  # bind and tmpfs mounts
 def test_a_scratch_folder_with_mounts_inside_is_unmounted_not_emptied_through_them(tmp_path):
     """What a killed mmdebstrap leaves: its chroot with filesystems still mounted, one of them a bind mount
     of a host folder (as /dev/pts or /sys is). Removing it must not delete the host's files."""

@@ -19,6 +19,7 @@ import time
 import unicodedata
 from pathlib import Path, PurePosixPath
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -194,6 +195,7 @@ def carries_debugfs_syntax(text: str) -> bool:
     return any(c.isspace() or unicodedata.category(c) in ("Cc", "Cs") or c in '"\\' for c in text)
 
 
+@pytest.mark.host  # render gives the tree's files to root, and so do the layers this test makes
 def test_render_under_random_layers_keeps_everything_inside_the_tree(tmp_path_factory, record_property):
     own = render(config.load(), Workspace(tmp_path_factory.mktemp("base")))
     base = without_signature(manifest_tree(own.entries()))

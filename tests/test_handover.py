@@ -15,6 +15,7 @@ from cloud_setup.handover import Handover, run_script
 from cloud_setup.paths import Paths
 
 from sysvm.cloudstack import locate, pack_agent, pack_scripts
+from tests.tiers import unavailable
 
 CLOUDSTACK = Path(__file__).resolve().parents[2] / "shared" / "cloudstack"
 
@@ -22,7 +23,7 @@ CLOUDSTACK = Path(__file__).resolve().parents[2] / "shared" / "cloudstack"
 @pytest.fixture(scope="module")
 def host_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if not CLOUDSTACK.is_dir():
-        pytest.skip(f"no CloudStack tree at {CLOUDSTACK} (set verify.cloudstack_scripts to run these)")
+        unavailable(f"no CloudStack tree at {CLOUDSTACK} (set verify.cloudstack_scripts to run these)")
     folder = tmp_path_factory.mktemp("host")
     tree = locate(str(CLOUDSTACK))
     pack_scripts(tree, folder / "cloud-scripts.tgz")

@@ -35,6 +35,7 @@ from sysvm.suites.cloudstack_health import (
     hosts_line,
     monitor_conf,
 )
+from tests.tiers import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ROOT / "sysvm/overlays/router/root/health_checks"
@@ -136,7 +137,7 @@ def load_module(name: str, path: Path) -> object:
 @pytest.fixture(scope="module")
 def cloudstack() -> Path:
     if not (CLOUDSTACK / "systemvm/debian/root/health_checks").is_dir():
-        pytest.fail(f"CloudStack's source tree is needed at {CLOUDSTACK} (or $SYSVM_CLOUDSTACK_SOURCE): the "
+        unavailable(f"CloudStack's source tree is needed at {CLOUDSTACK} (or $SYSVM_CLOUDSTACK_SOURCE): the "
                     "health check tests prove their data and results against CloudStack's own code")
     return CLOUDSTACK
 
@@ -196,7 +197,9 @@ def test_every_check_is_executable_and_the_helper_is_not():
     for name in BASIC + ADVANCED:
         assert os.access(str(CHECKS / name), os.X_OK), name
     assert not os.access(str(CHECKS / "utility.py"), os.X_OK)
-    assert sorted(p.name for p in CHECKS.iterdir() if os.access(str(p), os.X_OK)) == sorted(BASIC + ADVANCED)
+    # __pycache__ is left by the checks run below, unless PYTHONDONTWRITEBYTECODE is set; render leaves it out.
+    assert sorted(p.name for p in CHECKS.iterdir() if os.access(str(p), os.X_OK) and p.name != "__pycache__") == \
+        sorted(BASIC + ADVANCED)
 
 
 def test_dhcp_check_names_the_vm_missing_from_dhcphosts(router):
@@ -521,6 +524,7 @@ def test_runner_reports_a_service_it_cannot_restart(router):
         (router.folder / "monitor.log").read_text()
 
 
+@pytest.mark.host  # unshare --mount (root)
 def test_cloudstacks_fetch_script_hands_our_results_to_the_management_server(router, cloudstack):
     """getRouterMonitorResults.sh reads /root: run it in a mount namespace where /root is the results folder,
     then read its output the way the management server's VirtualRoutingResource does.

@@ -1,8 +1,10 @@
 """metadata.ini: the layout CloudStack's engine/schema/templateConfig.sh writes for each version's management server.
 
-The exact texts below are what that script's echo lines produce for the same files. When a CloudStack git
-repository is at hand ($SYSVM_CLOUDSTACK_GIT, a clone or bare repository with history), the script of each
-version is run on the same checksum lists and its output compared byte for byte.
+The exact texts below are what that script's echo lines produce for the same files. The script of CloudStack's
+source tree beside the checkout (../shared/cloudstack, or $SYSVM_CLOUDSTACK_SOURCE: a snapshot of CloudStack's
+main branch, whose layout is the newest below) is run on the same checksum lists and its output compared byte
+for byte. When a CloudStack git repository is at hand ($SYSVM_CLOUDSTACK_GIT, a clone or bare repository with
+history), so is the script of each layout's commit; without one those comparisons are deselected.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pytest
 
 from sysvm import config, export, metadata
 from sysvm.hypervisors import ARTIFACTS
+from tests.test_health_checks import CLOUDSTACK
+from tests.tiers import unavailable
 
 CLOUDSTACK_GIT = os.environ.get("SYSVM_CLOUDSTACK_GIT", "")
 # A commit of templateConfig.sh for each layout in sysvm.yaml, with a version that layout applies to.
@@ -193,14 +197,24 @@ def test_versions_compare_as_numbers():
 
 
 def _upstream_script(commit: str, folder: Path) -> Path:
-    if not CLOUDSTACK_GIT:
-        pytest.skip("set SYSVM_CLOUDSTACK_GIT to a CloudStack git repository to run templateConfig.sh itself")
+    """templateConfig.sh of `commit` from $SYSVM_CLOUDSTACK_GIT (tests/conftest.py deselects these without it)."""
     shown = subprocess.run(["git", "--git-dir", str(Path(CLOUDSTACK_GIT)), "show",
                             f"{commit}:engine/schema/templateConfig.sh"], capture_output=True, check=False)
     if shown.returncode != 0:
-        pytest.skip(f"{CLOUDSTACK_GIT} has no commit {commit[:10]}")
+        pytest.fail(f"SYSVM_CLOUDSTACK_GIT={CLOUDSTACK_GIT} has no commit {commit[:10]}: it must be a CloudStack "
+                    f"repository with history ({shown.stderr.decode(errors='replace').strip()})", pytrace=False)
     script = folder / "templateConfig.sh"
     script.write_bytes(shown.stdout)
+    return script
+
+
+def _tree_script(folder: Path) -> Path:
+    """templateConfig.sh of the CloudStack tree beside the checkout, copied: it writes dist/ beside itself."""
+    source = CLOUDSTACK / "engine/schema/templateConfig.sh"
+    if not source.is_file():
+        unavailable(f"no CloudStack tree at {CLOUDSTACK} (or $SYSVM_CLOUDSTACK_SOURCE) to run templateConfig.sh")
+    script = folder / "templateConfig.sh"
+    script.write_bytes(source.read_bytes())
     return script
 
 
@@ -221,10 +235,20 @@ def _without_section(text: str, section: str) -> str:
     return text if start < 0 else text[:start] + text[text.index("\n\n", start) + 2:]
 
 
+@pytest.mark.parametrize("built", [ALL, ["kvm"]], ids=["all", "kvm-only"])
+def test_same_as_the_templateconfig_of_the_cloudstack_tree(built, tmp_path):
+    _compare(_tree_script(tmp_path), UPSTREAM_SCRIPTS[-1][1], built, hash_order=False)
+
+
+@pytest.mark.cloudstack_git
 @pytest.mark.parametrize(("commit", "version"), UPSTREAM_SCRIPTS, ids=[v for _, v in UPSTREAM_SCRIPTS])
 @pytest.mark.parametrize("built", [ALL, ["kvm"]], ids=["all", "kvm-only"])
 def test_same_as_upstream_templateconfig(commit, version, built, tmp_path):
-    script = _upstream_script(commit, tmp_path)
+    _compare(_upstream_script(commit, tmp_path), version, built, hash_order=commit.startswith("e0a5df50ce"))
+
+
+def _compare(script: Path, version: str, built: list[str], hash_order: bool) -> None:
+    """sysvm's metadata.ini for `version` and these hypervisors against what `script` writes for them."""
     cfg = config.load(None, [f"cloudstack.version={version}", f"export.hypervisors=[{', '.join(built)}]"])
     names = {h: export.artifact_name(cfg, h) for h in ARTIFACTS}
     digests = fake_digests(built)
@@ -238,7 +262,7 @@ def test_same_as_upstream_templateconfig(commit, version, built, tmp_path):
         if section not in ours.sections:
             assert parsed[section]["checksum"] == "", f"{section} left out although built"
             upstream = _without_section(upstream, section)
-    if commit.startswith("e0a5df50ce"):  # an associative array: bash's own section order
+    if hash_order:  # an associative array: bash's own section order
         mine, theirs = configparser.ConfigParser(), configparser.ConfigParser()
         mine.read_string(ours.text)
         theirs.read_string(upstream)

@@ -19,6 +19,8 @@ from sysvm.render import RenderedTree, render
 from sysvm.workspace import Workspace
 from tests.test_render import KEPT, user_layer, with_layers
 
+pytestmark = pytest.mark.host  # mkfs.ext4, debugfs, e2fsck; render (root's tree)
+
 
 def debugfs(image: Path, command: str) -> str:
     return subprocess.run(["debugfs", "-R", command, f"{image}?offset={PARTITION_START}"],

@@ -21,6 +21,7 @@ from sysvm import config
 from sysvm.render import render
 from sysvm.workspace import Workspace
 
+pytestmark = pytest.mark.mirror  # PyPI (pip installs the build backend and the dependencies); render (root)
 CHECKOUT = Path(__file__).resolve().parent.parent
 # Generated or local to this checkout; pip would otherwise also build in the checkout itself and leave
 # build/ behind, whose stale files a later wheel would pick up.

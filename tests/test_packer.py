@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from sysvm import config, disk, packer
+from tests.tiers import host_tool
 
 
 def _template(tmp_path: Path, overrides: list[str]) -> dict:
@@ -38,12 +38,13 @@ def test_arm64_names_its_emulator_machine_cpu_and_uefi_firmware(tmp_path):
     assert "SERIAL_CONSOLE=ttyAMA0" in document["provisioners"][0]["environment_vars"]
 
 
-@pytest.mark.skipif(shutil.which("packer") is None, reason="packer is installed by ./run")
+@pytest.mark.host  # packer
 @pytest.mark.parametrize("architecture", ["amd64", "arm64"])
 def test_packer_accepts_the_template(tmp_path, architecture):
     document = _template(tmp_path, [f"debian.architecture={architecture}"])
     path = tmp_path / "template.json"
     path.write_text(json.dumps(document))
-    checked = subprocess.run(["packer", "validate", "-syntax-only", str(path)], capture_output=True, text=True,
+    packer_tool = host_tool("packer", "packer")
+    checked = subprocess.run([packer_tool, "validate", "-syntax-only", str(path)], capture_output=True, text=True,
                              env={"CHECKPOINT_DISABLE": "1", "PATH": "/usr/bin:/bin"}, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr

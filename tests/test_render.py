@@ -1,4 +1,7 @@
-"""Rendering: every release renders, rendered files are valid for the tools that read them, output is deterministic."""
+"""Rendering: every release renders, rendered files are valid for the tools that read them, output is deterministic.
+
+A render gives the tree's files to root (the image's owners): the tests that render a tree are host tests, as
+are those that chown a layer or make a device; those refused before anything is written are unit tests."""
 
 from __future__ import annotations
 
@@ -16,11 +19,13 @@ from sysvm import config
 from sysvm.errors import SysvmError
 from sysvm.render import SIGNATURE_PATH, render, scripts_signature
 from sysvm.workspace import Workspace
+from tests.tiers import host_tool, unavailable
 
 RELEASES = ["buster", "bullseye", "bookworm", "trixie"]
 ROLE_FILES = ["consoleproxy", "secstorage", "router", "vpcrouter", "default"]
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("release", RELEASES)
 def test_every_release_renders_its_tree(release, workspace):
     rendered = render(config.load(None, [f"debian.release={release}"]), workspace)
@@ -40,19 +45,21 @@ def test_every_release_renders_its_tree(release, workspace):
     assert modes["/root/health_checks/utility.py"] == "0644"
 
 
-@pytest.mark.skipif(shutil.which("ip6tables-restore") is None, reason="iptables is installed by .ci/run")
+@pytest.mark.host
 def test_ipv6_rules_deny_by_default_and_pass_ip6tables_restore_test(workspace, default_config):
     rules = render(default_config, workspace).tree / "etc/iptables/rules.v6"
-    result = subprocess.run(["ip6tables-restore", "--test", str(rules)], capture_output=True, text=True)
+    result = subprocess.run([host_tool("ip6tables-restore", "iptables"), "--test", str(rules)], capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr
     assert ":INPUT DROP" in rules.read_text() and ":FORWARD DROP" in rules.read_text()
 
 
-@pytest.mark.skipif(shutil.which("iptables-restore") is None, reason="iptables is installed by .ci/run")
+@pytest.mark.host
 @pytest.mark.parametrize("role", ROLE_FILES)
 def test_iptables_files_pass_iptables_restore_test(role, workspace, default_config):
     rules = render(default_config, workspace).tree / f"etc/iptables/iptables-{role}"
-    result = subprocess.run(["iptables-restore", "--test", str(rules)], capture_output=True, text=True)
+    result = subprocess.run([host_tool("iptables-restore", "iptables"), "--test", str(rules)], capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr
     text = rules.read_text()
     assert ":INPUT DROP" in text
@@ -64,6 +71,7 @@ def test_iptables_files_pass_iptables_restore_test(role, workspace, default_conf
     assert f"-i {control} " in ssh_rules[0]
 
 
+@pytest.mark.host
 def test_console_proxy_ports_follow_configuration(workspace):
     plain = render(config.load(None, ["consoleproxy.websocket_port=8088"]), workspace).tree
     assert "consoleproxy.websocketPort=8088" in (plain / "usr/local/cloud/systemvm/conf/consoleproxy.properties").read_text()
@@ -73,8 +81,11 @@ def test_console_proxy_ports_follow_configuration(workspace):
     assert "consoleproxy.websocketPort=8443" in properties and "consoleproxy.websocketTls=true" in properties
 
 
-@pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="openssh-server is installed by .ci/run")
+@pytest.mark.host
 def test_sshd_config_is_valid_and_key_only(workspace, default_config, tmp_path):
+    if not Path("/usr/sbin/sshd").exists():
+        pytest.fail("/usr/sbin/sshd is not installed: host tests need the Debian packages ./run installs "
+                    "(apt-get install openssh-server)", pytrace=False)
     sshd_config = render(default_config, workspace).tree / "etc/ssh/sshd_config"
     host_key = tmp_path / "host_key"
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd -t insists on its privilege separation folder
@@ -89,6 +100,7 @@ def test_sshd_config_is_valid_and_key_only(workspace, default_config, tmp_path):
     assert "permitrootlogin without-password" in effective
 
 
+@pytest.mark.host
 def test_rendering_twice_gives_identical_manifests(default_config, tmp_path):
     first = render(default_config, Workspace(tmp_path / "a"))
     second = render(default_config, Workspace(tmp_path / "b"), force=True)
@@ -96,6 +108,7 @@ def test_rendering_twice_gives_identical_manifests(default_config, tmp_path):
     assert json.loads(first.manifest.read_text())["files"]
 
 
+@pytest.mark.host
 def test_build_date_from_configuration_or_source_date_epoch(workspace, monkeypatch):
     dated = render(config.load(None, ["cloudstack.build_date=2025-03-01"]), workspace).tree
     assert (dated / "etc/cloudstack-release").read_text() == "Cloudstack Release 4.20.0 2025-03-01\n"
@@ -104,6 +117,7 @@ def test_build_date_from_configuration_or_source_date_epoch(workspace, monkeypat
     assert (epoch / "etc/cloudstack-release").read_text() == "Cloudstack Release 4.20.0 2023-11-14T22:13:20Z\n"
 
 
+@pytest.mark.host
 def test_signature_covers_the_scripts(workspace, default_config):
     tree = render(default_config, workspace).tree
     assert (tree / SIGNATURE_PATH).read_text().strip() == scripts_signature(tree)
@@ -158,7 +172,7 @@ def test_a_relative_layer_that_resolves_to_etc_is_refused(tmp_path, monkeypatch)
 @pytest.mark.parametrize("given", ["/etc/ssh", "/sys/kernel", "/dev/shm", "/proc/sys", "/run/lock"])
 def test_a_folder_inside_etc_proc_sys_dev_or_run_is_refused(given):
     if not Path(given).is_dir():
-        pytest.skip(f"{given} is not on this host")
+        unavailable(f"{given} is not on this host")
     top = "/" + given.split("/")[1]
     with pytest.raises(SysvmError) as caught:
         with_layers(given)
@@ -182,6 +196,7 @@ def test_a_layer_that_is_missing_or_a_file_is_refused(tmp_path):
         assert message(caught).endswith(f"overlay_layers.0: {given!r} resolves to {given}, {reason}")
 
 
+@pytest.mark.host
 def test_a_layer_of_another_user_is_refused_unless_sudo_says_it_is_the_invoking_user(tmp_path, monkeypatch):
     layer = tmp_path / "theirs"
     layer.mkdir()
@@ -213,6 +228,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     return {path.name: (path.read_bytes(), path.lstat().st_mode) for path in folder.iterdir()}
 
 
+@pytest.mark.host
 def test_a_link_an_earlier_layer_left_is_replaced_and_never_written_through(tmp_path, workspace):
     host, before = host_folder(tmp_path)
     earlier, later = tmp_path / "earlier", tmp_path / "later"
@@ -227,6 +243,7 @@ def test_a_link_an_earlier_layer_left_is_replaced_and_never_written_through(tmp_
     assert {entry["path"]: entry["type"] for entry in rendered.entries()}["/etc/motd"] == "file"
 
 
+@pytest.mark.host
 @pytest.mark.parametrize(("folder", "expected"), [
     ("srv", "{later}: srv/motd: 'srv' is a symlink (from an earlier layer); "
             "a layer cannot write beneath a link"),
@@ -248,6 +265,7 @@ def test_a_layer_cannot_write_beneath_a_link_to_a_host_folder(folder, expected, 
     assert not list(workspace.build.glob("render-*"))
 
 
+@pytest.mark.host
 def test_render_s_own_files_are_not_written_through_a_layer_s_link(tmp_path, workspace):
     host, before = host_folder(tmp_path)
     layer = tmp_path / "layer"
@@ -260,6 +278,7 @@ def test_render_s_own_files_are_not_written_through_a_layer_s_link(tmp_path, wor
     assert snapshot(host) == before
 
 
+@pytest.mark.host
 def test_a_layer_cannot_write_beneath_a_file_of_an_earlier_layer(tmp_path, workspace):
     earlier, later = tmp_path / "earlier", tmp_path / "later"
     (earlier / "srv").mkdir(parents=True)
@@ -288,6 +307,7 @@ def test_render_checks_a_layer_folder_again_where_it_reads_it(default_config, wo
     assert message(caught) == f"overlay_layers.0: '/etc' resolves to /etc, {SYSTEM}"
 
 
+@pytest.mark.host
 @pytest.mark.parametrize(("kind", "make"), [
     ("fifo", lambda path: os.mkfifo(path)),
     ("character device", lambda path: os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))),
@@ -302,6 +322,7 @@ def test_a_special_file_in_a_layer_is_refused(kind, make, tmp_path, workspace):
                                "(a layer holds files, folders and symlinks)")
 
 
+@pytest.mark.host
 @pytest.mark.parametrize(("name", "shown", "problem"), [
     (b"bad name", "'srv/bad name'", f"' ' {ALLOWED}"),
     (b"bad\n!touch pwned", r"'srv/bad\n!touch pwned'", rf"'\n' {ALLOWED}"),  # '!' starts a shell command
@@ -322,6 +343,7 @@ def test_a_name_that_could_change_a_debugfs_command_is_refused(name, shown, prob
     assert message(caught) == f"{layer}: {shown}: {problem}"
 
 
+@pytest.mark.host
 @pytest.mark.parametrize(("target", "shown", "problem"), [
     ("x\nsif /usr/bin/bash mode 0104755", r"'x\nsif /usr/bin/bash mode 0104755'", rf"'\n' {ALLOWED}"),
     ("/usr/bin/bash mode 0104755", "'/usr/bin/bash mode 0104755'", f"' ' {ALLOWED}"),
@@ -338,6 +360,7 @@ def test_a_link_target_that_could_change_a_debugfs_command_is_refused(target, sh
     assert message(caught) == f"{layer}: srv/link: link target {shown}: {problem}"
 
 
+@pytest.mark.host
 def test_a_bad_name_is_named_before_its_link_target(tmp_path, workspace):
     layer = tmp_path / "layer"
     (layer / "srv").mkdir(parents=True)
@@ -379,6 +402,7 @@ KEPT = {"/root/.ssh": (0o700, 0, 0), "/root/.ssh/id_ed25519": (0o600, 0, 0),
         "/srv/data": (0o640, 1234, 1235), "/srv/latest": (0o777, 1234, 1235), "/etc": (0o755, 0, 0)}
 
 
+@pytest.mark.host
 def test_modes_and_owners_are_kept_in_the_tree_and_the_manifest(tmp_path, workspace):
     rendered = render(with_layers(user_layer(tmp_path)), workspace)
     entries = {entry["path"]: entry for entry in rendered.entries()}
@@ -391,6 +415,7 @@ def test_modes_and_owners_are_kept_in_the_tree_and_the_manifest(tmp_path, worksp
     assert entries["/srv"]["type"] == "folder" and entries["/srv/data"]["type"] == "file"
 
 
+@pytest.mark.host
 def test_a_change_of_owner_or_folder_mode_in_a_user_layer_renders_again(tmp_path, workspace):
     layer = user_layer(tmp_path)
     first = render(with_layers(layer), workspace).key

@@ -1,8 +1,8 @@
 """rootfs stage: the key follows the mirror, an end-of-life suite stops the build in one line, an unreachable
 mirror falls back on a recent cached rootfs only.
 
-Tests marked as using the network ask the Debian mirror this host's apt uses (`debian.mirror: auto`), as a
-build does; they take a few seconds.
+The tests marked mirror ask the Debian mirror this host's apt uses (`debian.mirror: auto`), as a build
+does; they take a few seconds. The one marked host makes a network namespace without a network (root).
 """
 
 from __future__ import annotations
@@ -198,10 +198,9 @@ def test_an_unreachable_mirror_reuses_a_recent_rootfs_and_refuses_an_old_one(wor
     assert "more than debian.max_rootfs_age_days (0)" in one_line_error(lambda: rootfs.build_rootfs(never, workspace))
 
 
+@pytest.mark.host
 def test_a_network_outage_reuses_the_recent_rootfs_of_the_same_configuration(workspace):
     """The default configuration (the host's mirror) in a network namespace that has no network at all."""
-    if subprocess.run(["unshare", "--net", "true"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("unshare --net needs root (the CI runs as root)")
     recent = cached_rootfs(workspace, load(), age_days=1)
     script = ("import sys\nfrom pathlib import Path\nfrom sysvm import config\nfrom sysvm.cli import guarded\n"
               "from sysvm.rootfs import build_rootfs\nfrom sysvm.workspace import Workspace\n"
@@ -223,6 +222,7 @@ def test_a_network_outage_reuses_the_recent_rootfs_of_the_same_configuration(wor
 # ------------------------------------------------------------------------------------- the real mirror
 
 
+@pytest.mark.mirror
 def test_the_mirror_state_of_bookworm(workspace):
     configuration = load()
     first, stage = rootfs.plan(configuration, workspace)
@@ -235,6 +235,7 @@ def test_the_mirror_state_of_bookworm(workspace):
     assert stage.inputs == {**rootfs.rootfs_inputs(configuration, rootfs.suites(configuration)), **again}
 
 
+@pytest.mark.mirror
 def test_a_bullseye_build_stops_with_one_line_naming_the_missing_suite(tmp_path):
     """Issue 12: bullseye's security packages are gone from the mirror; the build says so before mmdebstrap."""
     script = ("from pathlib import Path\n"
@@ -260,6 +261,7 @@ def test_a_bullseye_build_stops_with_one_line_naming_the_missing_suite(tmp_path)
     assert elapsed < 60
 
 
+@pytest.mark.mirror
 def test_a_release_that_left_the_mirror_names_its_mirror_setting(workspace):
     # buster is on the archive only; without its archive mirror it is looked for on the host's mirror.
     buster = load("debian.release=buster", "releases.buster.mirror=", "releases.buster.security_mirror=")
@@ -269,6 +271,7 @@ def test_a_release_that_left_the_mirror_names_its_mirror_setting(workspace):
     assert message.endswith("point releases.buster.mirror at an archive mirror")
 
 
+@pytest.mark.mirror
 def test_bullseye_without_security_is_warned_about_recorded_and_simulates(workspace, capsys):
     configuration = load("debian.release=bullseye", "releases.bullseye.without_security=true")
     planned, _ = rootfs.plan(configuration, workspace)

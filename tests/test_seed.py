@@ -21,10 +21,9 @@ from sysvm import seed
 from sysvm.errors import SysvmError
 from sysvm.ovf import write_ova
 from tests.disks import convert, empty_qcow2, tmpfs
-from tests.mariadb import server_binary
 from tests.test_cloudcrypt import encrypt_v1, encrypt_v2
 
-pytestmark = pytest.mark.skipif(server_binary() is None, reason="mariadb-server is installed by ./run")
+# The tests marked host use the images qemu-img makes, the MariaDB server (tests/mariadb.py) or tmpfs mounts.
 MIB = 2**20
 MANAGEMENT_KEY = "management-key"
 KEYS = ["filename", "description", "hvm", "size", "{ext}", "id", "public", "{ext}.filename", "uniquename",
@@ -66,6 +65,7 @@ def properties(folder: Path) -> list[tuple[str, str]]:
     return [tuple(line.split("=", 1)) for line in (folder / "template.properties").read_text().splitlines()]
 
 
+@pytest.mark.host
 @pytest.mark.parametrize(("hypervisor", "ext", "template_id"),
                          [("kvm", "qcow2", 3), ("xenserver", "vhd", 2), ("vmware", "ova", 5),
                           ("hyperv", "vhd", 6)])
@@ -93,6 +93,7 @@ def test_seed_each_artifact_type_with_id_from_database(tmp_path, database, db, i
     assert not [p for p in (mount / "template/tmpl/1").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.host
 def test_explicit_id_without_database(tmp_path, images):
     mount = tmp_path / "secondary"
     mount.mkdir()
@@ -101,6 +102,7 @@ def test_explicit_id_without_database(tmp_path, images):
     assert dict(properties(mount / "template/tmpl/1/42"))["id"] == "42"
 
 
+@pytest.mark.host
 def test_url_download(tmp_path, database, db, images):
     mount = tmp_path / "secondary"
     mount.mkdir()
@@ -131,6 +133,7 @@ def _fails(argv: list[str], code: int, message: str, capsys) -> None:
     assert len([line for line in err.splitlines() if line != "Installation failed"]) == 1, err
 
 
+@pytest.mark.host
 def test_existing_template_needs_force_and_force_replaces(seeded, database, db, images, capsys):
     before, row = snapshot(seeded), rows(db)[3]
     argv = ["-m", str(seeded), "-f", str(images["kvm"]), "-h", "kvm", *db_args(database)]
@@ -142,6 +145,7 @@ def test_existing_template_needs_force_and_force_replaces(seeded, database, db, 
     assert rows(db)[3] != row
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("case", ["bad-checksum", "corrupt-bz2", "missing-file", "wrong-sum-beside-the-file",
                                   "bad-sum-line-beside-the-file", "no-database", "no-id", "usage",
                                   "unknown-hypervisor", "encrypted-without-key-file",
@@ -248,6 +252,7 @@ ENCRYPTED = {"file, V2, key file": ("file", "V2", [], {}),
              "env, V2, $CLOUD_SECRET_KEY": ("env", "V2", [], {"CLOUD_SECRET_KEY": MANAGEMENT_KEY})}
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("case", ENCRYPTED)
 def test_an_encrypted_password_is_decrypted_as_the_management_server_does(case, tmp_path, database, db,
                                                                            images, capsys, monkeypatch):
@@ -265,6 +270,7 @@ def test_an_encrypted_password_is_decrypted_as_the_management_server_does(case, 
     assert "-s not used" not in capsys.readouterr().err
 
 
+@pytest.mark.host
 def test_plain_password_with_d_works_beside_encrypted_db_properties(tmp_path, database, db, images, capsys):
     """-d is the way through without the key: host, port and user still come from the file."""
     mount = tmp_path / "secondary"
@@ -276,6 +282,7 @@ def test_plain_password_with_d_works_beside_encrypted_db_properties(tmp_path, da
     assert "-s" not in capsys.readouterr().err
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("with_database", [True, False], ids=["database", "no-database"])
 def test_an_unused_secret_key_is_not_silently_ignored(with_database, tmp_path, database, db, images, capsys):
     mount = tmp_path / "secondary"
@@ -289,6 +296,7 @@ def test_an_unused_secret_key_is_not_silently_ignored(with_database, tmp_path, d
     assert (mount / "template/tmpl/1/3/template.properties").is_file()
 
 
+@pytest.mark.host
 def test_no_space_exits_4(tmp_path, images, capsys):
     with tmpfs(tmp_path / "small", "size=64M") as mount:
         _fails(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "1"], 4,
@@ -296,12 +304,14 @@ def test_no_space_exits_4(tmp_path, images, capsys):
         assert list(mount.iterdir()) == []
 
 
+@pytest.mark.host
 def test_read_only_mount_exits_2(tmp_path, images, capsys):
     with tmpfs(tmp_path / "ro", "size=4G,ro") as mount:
         _fails(["-m", str(mount), "-f", str(images["kvm"]), "-h", "kvm", "-t", "1"], 2,
                "is it mounted read-write?", capsys)
 
 
+@pytest.mark.host
 def test_interrupted_copy_leaves_nothing(seeded, database, db, images, monkeypatch, capsys):
     before, table = snapshot(seeded), rows(db)
 
@@ -315,6 +325,7 @@ def test_interrupted_copy_leaves_nothing(seeded, database, db, images, monkeypat
     assert snapshot(seeded) == before and rows(db) == table
 
 
+@pytest.mark.host
 def test_database_update_failure_restores_the_old_template(seeded, database, db, images, monkeypatch, capsys):
     before, table = snapshot(seeded), rows(db)
 
@@ -327,6 +338,7 @@ def test_database_update_failure_restores_the_old_template(seeded, database, db,
     assert snapshot(seeded) == before and rows(db) == table
 
 
+@pytest.mark.host
 def test_gzip_is_detected_by_content(tmp_path, images):
     raw = bz2.decompress(images["kvm"].read_bytes())
     odd_name = tmp_path / "template.bin"
@@ -421,6 +433,7 @@ def mount(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.host
 @pytest.mark.parametrize(("arguments", "message"), [case[1:] for case in BAD_OPTIONS],
                          ids=[case[0] for case in BAD_OPTIONS])
 def test_a_bad_option_is_one_line_and_touches_nothing(arguments, message, tmp_path, mount, images, capsys):
@@ -446,6 +459,7 @@ BAD_DB_PROPERTIES = [
 ]
 
 
+@pytest.mark.host
 @pytest.mark.parametrize(("line", "message"), [case[1:] for case in BAD_DB_PROPERTIES],
                          ids=[case[0] for case in BAD_DB_PROPERTIES])
 def test_a_bad_db_properties_value_names_file_line_and_key(line, message, tmp_path, mount, images, capsys):
@@ -456,6 +470,7 @@ def test_a_bad_db_properties_value_names_file_line_and_key(line, message, tmp_pa
     assert list(mount.iterdir()) == []
 
 
+@pytest.mark.host
 def test_a_template_id_from_the_database_must_be_positive(mount, database, db, images, capsys):
     with db.cursor() as cursor:
         cursor.execute("INSERT INTO vm_template (id, unique_name, name, type, hypervisor_type) "
@@ -511,6 +526,7 @@ def _written(path: Path, data: bytes) -> Path:
     return path
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("given_as", ["-f", "-u"])
 @pytest.mark.parametrize(("hypervisor", "make", "extra", "message"), [case[1:] for case in FAILING_INSTALLS],
                          ids=[case[0] for case in FAILING_INSTALLS])
@@ -529,6 +545,7 @@ def test_a_bad_file_is_named_as_given_and_leaves_the_mount_as_it_was(given_as, h
     assert list(mount.iterdir()) == []
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("existing", ["template", "template/tmpl", "template/tmpl/1"])
 def test_a_failed_install_removes_only_the_folders_it_made(existing, tmp_path, mount, images, capsys):
     (mount / existing).mkdir(parents=True)
@@ -540,6 +557,7 @@ def test_a_failed_install_removes_only_the_folders_it_made(existing, tmp_path, m
     assert snapshot(mount) == before
 
 
+@pytest.mark.host
 def test_a_refused_database_update_on_a_fresh_mount_leaves_it_empty(mount, database, db, images, capsys):
     with db.cursor() as cursor:
         cursor.execute("CREATE TRIGGER refuse_update BEFORE UPDATE ON vm_template FOR EACH ROW "
@@ -550,6 +568,7 @@ def test_a_refused_database_update_on_a_fresh_mount_leaves_it_empty(mount, datab
     assert list(mount.iterdir()) == [] and rows(db) == table
 
 
+@pytest.mark.host
 def test_running_out_of_space_while_writing_exits_4_and_leaves_nothing(tmp_path, images, monkeypatch, capsys):
     big = _written(tmp_path / "big.qcow2.bz2", bz2.compress(b"QFI\xfb" + bytes(8 * MIB)))
     monkeypatch.setattr(seed, "REQUIRED_FREE_KB", 1)  # the early check passes; the image outgrows the mount
@@ -560,6 +579,7 @@ def test_running_out_of_space_while_writing_exits_4_and_leaves_nothing(tmp_path,
         assert list(small.iterdir()) == []
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("link", ["template", "template/tmpl", "template/tmpl/1",
                                   "template/tmpl/1/.sysvm-seed.lock"])
 def test_a_symbolic_link_on_the_way_is_not_written_through(link, tmp_path, mount, images, capsys):
@@ -574,6 +594,7 @@ def test_a_symbolic_link_on_the_way_is_not_written_through(link, tmp_path, mount
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.host
 def test_a_file_where_a_folder_belongs_is_named(mount, images, capsys):
     (mount / "template").write_text("not a folder\n")
     _refused(standalone(mount, "-f", str(images["kvm"]), "-h", "kvm"),
@@ -581,6 +602,7 @@ def test_a_file_where_a_folder_belongs_is_named(mount, images, capsys):
     assert (mount / "template").read_text() == "not a folder\n"
 
 
+@pytest.mark.host
 def test_a_file_at_the_destination_is_replaced_only_with_force(mount, images, capsys):
     destination = mount / "template/tmpl/1/3"
     destination.parent.mkdir(parents=True)
@@ -593,6 +615,7 @@ def test_a_file_at_the_destination_is_replaced_only_with_force(mount, images, ca
     assert (destination / "template.properties").is_file()
 
 
+@pytest.mark.host
 def test_a_run_waiting_for_a_failing_first_run_makes_the_folders_again(tmp_path, mount, images):
     """On a fresh mount, the first run makes template/tmpl/1, then fails while a second waits for its lock,
     and removes the folders it made: the second makes them again and installs."""

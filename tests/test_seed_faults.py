@@ -32,9 +32,8 @@ import pytest
 from sysvm import seed
 from sysvm.errors import SysvmError
 from tests.faults import ROOT, FaultTable, Row, exit_text
-from tests.mariadb import server_binary
 
-pytestmark = pytest.mark.skipif(server_binary() is None, reason="mariadb-server is installed by ./run")
+pytestmark = pytest.mark.host  # MariaDB (the database fixture), qemu-img
 MIB = 2**20
 ID = 3
 BAD_CHECKSUM = "0" * 128

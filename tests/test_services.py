@@ -99,6 +99,7 @@ def the_suite() -> types.ModuleType:
     return module
 
 
+@pytest.mark.host  # render gives the tree to root
 def test_disabling_a_role_service_changes_the_image_the_boot_setup_and_the_suites(tmp_path, monkeypatch):
     workspace = Workspace(tmp_path / "output")
     default, default_tree = rendered([], workspace)
@@ -140,6 +141,7 @@ def test_disabling_a_role_service_changes_the_image_the_boot_setup_and_the_suite
         check(BootedImage(router.enabled), {"cloudstack": None, "role": "router", "services": expected})
 
 
+@pytest.mark.host  # render gives the tree to root
 def test_a_service_no_longer_managed_leaves_the_build_the_image_and_the_suites(tmp_path, monkeypatch):
     workspace = Workspace(tmp_path / "output")
     default, default_tree = rendered([], workspace)

@@ -114,6 +114,7 @@ def test_a_tree_hash_covers_single_files_and_leaves_out_byte_code(tmp_path):
     assert hash_tree(tree, script) != hash_tree(tree, tmp_path / "missing")
 
 
+@pytest.mark.host  # render gives the tree to root
 def test_render_says_which_setting_or_tree_made_it_render_again(workspace, capsys, monkeypatch, tmp_path):
     def said(*overrides: str) -> str:
         capsys.readouterr()

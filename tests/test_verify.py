@@ -36,6 +36,7 @@ def test_each_role_gets_its_control_nic_forwarded_and_a_valid_line(role):
     assert [nic for nic in boot.nics if nic.forward_ssh_to] == [boot.nics[index]]
 
 
+@pytest.mark.host  # qemu-img
 def test_unpack_every_shipped_format(tmp_path):
     qcow2 = empty_qcow2(tmp_path / "disk.qcow2", "16M")
     vmdk = convert(qcow2, tmp_path / "disk.vmdk")
@@ -65,6 +66,7 @@ def test_junit_and_summary_report_failures_with_the_console_log(tmp_path):
     assert "router-kvm" in table and "PASS" in table and "FAIL" in table
 
 
+@pytest.mark.host  # ssh-keygen (openssh-client)
 def test_parallel_boots_share_one_management_key(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -19,7 +19,8 @@ from tests.test_fsutil import holder, kill
 SYSVMS = ["build/render-0123456789abcdef/tree/etc/motd", "artifacts/md5sum.txt", "artifacts-arm64/md5sum.txt",
           "verify-trixie/summary.json", "logs/render.log", "logs-trixie-arm64/build.log", "bench.json",
           "bench-overlay/etc/sysvm-bench", "matrix.json", "fault-table-build.md", "fault-table-seed.md",
-          "test-results.xml", "fault-results.xml", ".bench.json.4242.partial"]
+          "test-results.xml", "test-results-unit.xml", "test-results-image.xml", "test-tiers.json",
+          "fault-results.xml", ".bench.json.4242.partial", ".test-tiers.json.4242.partial"]
 USERS = ["notes.txt", "photos/cat.jpg", "artifacts.bak/md5sum.txt", ".build/x"]
 
 
