@@ -28,10 +28,10 @@ from sysvm.fsutil import atomic_path
 from sysvm.process import run
 
 SECTOR = 512  # disk formats move data by whole sectors (a VHD block with its bitmap, a qcow2 cluster)
-MIN_PIECE = 2 << 20
-MAX_PIECE = 32 << 20
-CUT_MASK = (1 << 14) - 1  # one sector in 16,384 closes a piece: about 8 MiB apart past MIN_PIECE
-CUT_VALUE = 0x1A5B  # what a closing sector's CRC-32 has in those bits; an all-zero sector's has not
+MIN_PIECE = 512 << 10
+MAX_PIECE = 8 << 20
+CUT_MASK = (1 << 12) - 1  # one sector in 4,096 closes a piece: about 2 MiB apart past MIN_PIECE
+CUT_VALUE = 0xA5B  # what a closing sector's CRC-32 has in those bits; an all-zero sector's has not
 CACHE_DAYS = 2  # a piece no export used for this long is removed
 DEFLATE_END = b"\x03\x00"  # an empty last block (fixed Huffman codes): ends a run of fully flushed pieces
 
