@@ -372,7 +372,7 @@ def reference(subreaper, tmp_path_factory) -> Reference:
 def row_cases() -> list:
     """Overlay and export rows first: they compare with the reference of the provisioned disk the module
     started with, which a packer row replaces (the table is printed in stage order). The rows outside
-    CI_ROWS carry the all_faults mark: tests/conftest.py skips them unless pytest has --all-faults."""
+    CI_ROWS carry the all_faults mark: tests/conftest.py deselects them unless pytest has --all-faults."""
     return [pytest.param(stage, name, id=f"{stage}-{name}",
                          marks=() if (stage, name) in CI_ROWS else pytest.mark.all_faults)
             for stage in ("export", "overlay", "packer", "disk", "rootfs") for name in SIGNALS]
@@ -454,7 +454,7 @@ def next_run(row: Row, stage: str, before: dict[str, str], reference: Reference,
 
 def test_the_artifacts_the_rows_leave_are_the_default_builds(reference):
     """Byte for byte the default build's, made from the same stage folders: tests/test_image.py boots
-    and verifies those, every role and every format (invoke faults also boots them here)."""
+    and verifies those, every role and every format (invoke faults also boots the KVM one here)."""
     ran = [row for row in TABLE.rows if row.result == "PASS"]
     if not ran:
         pytest.skip("no row ran")
