@@ -27,7 +27,7 @@ from sysvm.resources import resource
 
 DEFAULTS_FILE = resource("sysvm.yaml")
 
-KNOWN_ROLES = ("consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr")
+KNOWN_ROLES = ("consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr", "sharedfsvm", "cksnode")
 # CloudStack starts its internal and external load balancer VMs from the same template: the boot-time
 # setup knows them (services.roles), though sysvm neither lists them in `roles` nor verifies them.
 SETUP_ONLY_ROLES = ("ilbvm", "elbvm")
@@ -280,6 +280,7 @@ class Verify:
     disk_mib: Annotated[int, Between(1024, 262144, "MiB")]
     boot_timeout_s: Seconds
     accelerator: Literal["auto", "kvm", "tcg"]
+    sharedfs_filesystem: Literal["xfs", "ext4"] = "xfs"  # what the Shared FileSystem VM makes on its data disk
     cloudstack_scripts: Annotated[str, LOCAL_PATH] = ""  # a CloudStack source tree: start roles as a 4.17+ host does, with its scripts
 
 

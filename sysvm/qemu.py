@@ -18,6 +18,7 @@ from sysvm.config import QemuMachine
 from sysvm.errors import SysvmError
 from sysvm.fsutil import atomic_write
 from sysvm.process import run, spawn
+from sysvm.render import SSH_PORT
 
 # A guest proves KVM works when its kernel prints its banner; a guest that hangs under nested KVM prints nothing.
 PROBE_MESSAGE = b"Linux version"
@@ -78,9 +79,28 @@ def accelerator(setting: str, cache_dir: Path, architecture: str) -> str:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """A TCP port of the guest reached from an address of this host, on the same port number."""
+
+    host_address: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Nic:
     network: str  # user-mode network, e.g. 169.254.0.0/16
-    forward_ssh_to: str = ""  # guest address whose port 3922 is forwarded from 127.0.0.1
+    forward_ssh_to: str = ""  # guest address whose sshd is forwarded from 127.0.0.1
+    guest_ssh_port: int = SSH_PORT  # a system VM's sshd port; a User VM's is 22
+    forwards: tuple[Forward, ...] = ()  # more ports of the forward_ssh_to address
+
+
+@dataclass(frozen=True)
+class Drive:
+    """A disk beside the boot disk (virtio), or an ISO in a CD-ROM drive (SCSI, as every machine type has)."""
+
+    path: Path
+    disk_format: str = "raw"
+    cdrom: bool = False
 
 
 @dataclass
@@ -96,6 +116,7 @@ class VirtualMachine:
     memory_mib: int
     nics: list[Nic] = field(default_factory=list)
     disk_mib: int = 0  # the throwaway disk's size; 0: the image's own
+    drives: list[Drive] = field(default_factory=list)  # used as they are: the caller owns them
     process: subprocess.Popen[bytes] | None = None
     ssh_port: int = 0
     started_at: float = 0.0  # time.monotonic() when QEMU was started
@@ -132,9 +153,23 @@ class VirtualMachine:
         for index, nic in enumerate(self.nics):
             netdev = f"user,id=net{index},net={nic.network},restrict=on"
             if nic.forward_ssh_to:
-                netdev += f",hostfwd=tcp:127.0.0.1:{self.ssh_port}-{nic.forward_ssh_to}:3922"
+                netdev += f",hostfwd=tcp:127.0.0.1:{self.ssh_port}-{nic.forward_ssh_to}:{nic.guest_ssh_port}"
+                netdev += "".join(f",hostfwd=tcp:{forward.host_address}:{forward.port}-{nic.forward_ssh_to}:"
+                                  f"{forward.port}" for forward in nic.forwards)
             command += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net{index},mac={nic_mac(index)}"]
+        if any(drive.cdrom for drive in self.drives):
+            command += ["-device", "virtio-scsi-pci,id=scsi0"]
+        for index, drive in enumerate(self.drives):
+            if drive.cdrom:
+                command += ["-drive", f"file={drive.path},format=raw,if=none,media=cdrom,readonly=on,id=cd{index}",
+                            "-device", f"scsi-cd,bus=scsi0.0,drive=cd{index}"]
+            else:
+                command += ["-drive", f"file={drive.path},format={drive.disk_format},if=virtio,cache=unsafe"]
         return command
+
+    @property
+    def guest_ssh_port(self) -> int:
+        return next((nic.guest_ssh_port for nic in self.nics if nic.forward_ssh_to), SSH_PORT)
 
     def __enter__(self) -> VirtualMachine:
         self.start()
@@ -218,14 +253,14 @@ class VirtualMachine:
             except OSError:
                 pass
             if not self.running():
-                raise self.fail("QEMU exited before sshd answered on 3922")
+                raise self.fail(f"QEMU exited before sshd answered on {self.guest_ssh_port}")
             if prompt_seen is None and self.console_contains(b"login:"):
                 prompt_seen = time.monotonic()
             if prompt_seen is not None and time.monotonic() - prompt_seen > after_login_prompt:
-                raise self.fail(f"the VM reached a login prompt but sshd on port 3922 of the control address "
+                raise self.fail(f"the VM reached a login prompt but sshd on port {self.guest_ssh_port} "
                                 f"did not answer within {after_login_prompt:.0f}s after it")
             if time.monotonic() - started > timeout:
-                raise self.fail(f"sshd on port 3922 of the control address did not answer within {timeout:.0f}s")
+                raise self.fail(f"sshd on port {self.guest_ssh_port} did not answer within {timeout:.0f}s")
             time.sleep(2)
 
     def stop(self) -> None:

@@ -32,6 +32,11 @@ DEBIAN_PACKAGES = {
     "systemctl": "systemd",
     "debugfs": "e2fsprogs",
     "e2fsck": "e2fsprogs",
+    "genisoimage": "genisoimage",
+    "ip": "iproute2",
+    "nfs-cp": "libnfs-utils",
+    "nfs-cat": "libnfs-utils",
+    "/usr/lib/cni/bridge": "containernetworking-plugins",
 }
 
 STAGE_TOOLS = {
@@ -41,6 +46,8 @@ STAGE_TOOLS = {
     "overlay": ("qemu-img", "debugfs", "e2fsck"),
     "export": ("qemu-img", "lbzip2"),
     "verify": ("qemu-img", "lbzip2", "ssh-keygen"),
+    # the User VM roles: their ConfigDrive and test CKS ISO, and an NFS client in a network namespace
+    "verify-user-vms": ("genisoimage", "ip", "nfs-cp", "nfs-cat", "/usr/lib/cni/bridge"),
 }
 BOOTING_STAGES = ("packer", "verify")
 EFI_DISK_TOOLS = ("mkfs.fat", "mmd", "mcopy")

@@ -11,6 +11,7 @@ Every boot uses its own throwaway overlay disk, so no state passes from one role
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -26,16 +27,34 @@ from pathlib import Path
 from typing import TypeVar
 
 from sysvm import log, tools
-from sysvm.cloudstack import locate
+from sysvm.cloudstack import CloudStackTree, locate
 from sysvm.config import Config
 from sysvm.errors import SysvmError
 from sysvm.export import artifact_name
 from sysvm.fsutil import atomic_path, atomic_write
 from sysvm.hypervisors import ARTIFACTS
-from sysvm.kvmhost import ROUTER_ROLES, HostFiles, Remote, host_files, send_router_config, start_sequence
+from sysvm.kvmhost import (
+    ROUTER_ROLES,
+    HostFiles,
+    Remote,
+    host_files,
+    poll,
+    send_router_config,
+    start_sequence,
+)
 from sysvm.process import run
-from sysvm.qemu import Nic, VirtualMachine, accelerator, nic_mac
+from sysvm.qemu import Drive, Forward, Nic, VirtualMachine, accelerator, nic_mac
 from sysvm.resources import resource
+from sysvm.uservm import (
+    TEST_PAUSE_IMAGE,
+    USER_VM_ROLES,
+    cks_node_user_data,
+    cks_test_iso,
+    config_drive,
+    data_disk,
+    fsvm_user_data,
+    nfs_client_namespace,
+)
 from sysvm.workspace import Workspace
 
 SUITES = resource("suites")
@@ -52,6 +71,9 @@ class RoleBoot:
     role: str
     nics: list[Nic]
     values: dict[str, str]
+    drives: list[Drive] = field(default_factory=list)  # a User VM's data disk, ConfigDrive, CKS ISO
+    ssh_user: str = "root"
+    facts: dict[str, object] = field(default_factory=dict)  # what the suite is told beside the command line
 
     @property
     def control_ip(self) -> str:
@@ -66,6 +88,42 @@ PUBLIC_NETWORK, PUBLIC_IP, PUBLIC_GATEWAY = "192.168.1.0/24", "192.168.1.30", "1
 ROUTER_GUEST_IP = "10.1.1.1"
 LINK_LOCAL_MASK = "255.255.0.0"
 GUEST_VM = {"mac": "02:00:4c:5f:00:01", "ip": "10.1.1.5", "name": "vm-1"}
+# A User VM's one NIC: the address QEMU's user network would lease first, its gateway and DNS server.
+USER_VM_IP, USER_VM_GATEWAY, USER_VM_DNS = "10.1.1.15", "10.1.1.2", "10.1.1.3"
+USER_VM_NAMES = {"sharedfsvm": "sharedfs-share1", "cksnode": "cks1-node-1"}
+CLOUD_INIT_RESULT = "/run/cloud-init/result.json"  # written when cloud-init's last stage ends
+NFS_PORT = 2049  # NFSv4 needs no other port
+FSVM_DATA_DISK_MIB = 1024
+
+
+def user_vm_boot(role: str, folder: Path, tree: CloudStackTree, public_key: str, filesystem: str,
+                 architecture: str, resources: contextlib.ExitStack) -> RoleBoot:
+    """A Shared FileSystem VM or Kubernetes node as a 4.20+ management server deploys it on KVM: the
+    command line of addUserVMCmdlineArgs, its user data on a ConfigDrive, and a data disk or the CKS ISO.
+    The VM's SSH key pair (the management key here) reaches the ConfigDrive's metadata, where cloud-init
+    gives it to Debian's default user; a Kubernetes node's user data gives it to the cloud user as well."""
+    name = USER_VM_NAMES[role]
+    values = {"template": "domP", "name": name, "type": role, "eth0ip": USER_VM_IP, "eth0mask": GUEST_MASK,
+              "gateway": USER_VM_GATEWAY, "internaldns1": USER_VM_DNS, "dns1": USER_VM_DNS}
+    metadata = {"service-offering": "Small Instance", "availability-zone": "zone1", "local-ipv4": USER_VM_IP,
+                "local-hostname": name, "public-ipv4": USER_VM_IP, "public-hostname": name,
+                "instance-id": f"i-2-10-VM-{role}", "vm-id": f"7d0c2b1e-0000-4000-8000-{len(role):012d}",
+                "public-keys": public_key, "cloud-identifier": "CloudStack-{sysvm-verify}"}
+    folder.mkdir(parents=True, exist_ok=True)
+    if role == "sharedfsvm":
+        user_data, ssh_user = fsvm_user_data(tree, filesystem), "debian"
+        client = resources.enter_context(nfs_client_namespace(name))
+        nic = Nic(GUEST_NETWORK, USER_VM_IP, 22, (Forward(client.server, NFS_PORT),))
+        drives = [Drive(data_disk(folder / f"{name}-data.qcow2", FSVM_DATA_DISK_MIB), "qcow2")]
+        facts: dict[str, object] = {"filesystem": filesystem, "data_disk_mib": FSVM_DATA_DISK_MIB,
+                                    "nfs_client": {"namespace": client.namespace, "server": client.server}}
+    else:
+        user_data, ssh_user = cks_node_user_data(tree, public_key, join_ip=USER_VM_IP), "cloud"
+        nic = Nic(GUEST_NETWORK, USER_VM_IP, 22)
+        drives = [Drive(cks_test_iso(folder / "cks-test.iso", architecture), cdrom=True)]
+        facts = {"pause_image": TEST_PAUSE_IMAGE}
+    drives.insert(0, Drive(config_drive(folder / f"{name}-configdrive.iso", user_data, metadata), cdrom=True))
+    return RoleBoot(role, [nic], values, drives, ssh_user, facts)
 
 
 def role_boot(role: str, management_key: str) -> RoleBoot:
@@ -212,12 +270,12 @@ def management_key(folder: Path) -> tuple[Path, str]:
     return private, (folder / "id_ed25519.pub").read_text().strip()
 
 
-def ssh_config(folder: Path, name: str, port: int, key: Path) -> Path:
+def ssh_config(folder: Path, name: str, port: int, key: Path, user: str = "root") -> Path:
     """The client settings for one VM. ControlPath lets the suites' commands share one connection
     (testinfra asks for ControlMaster=auto): a key exchange costs seconds in an emulated guest. A plain
     `ssh -F` with this file (the host's steps) still opens a connection of its own."""
     path = folder / f"{name}-ssh_config"
-    path.write_text(f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n"
+    path.write_text(f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n"
                     "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
                     f"  LogLevel ERROR\n  ConnectTimeout 30\n  ControlPath {control_socket(name, port)}\n")
     return path
@@ -234,20 +292,31 @@ def close_connection(ssh_file: Path, name: str) -> None:
 
 
 def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: str, role: str, accel: str,
-                    workspace: Workspace, check: Callable[[VirtualMachine, RoleBoot, Path, Outcome], None]) -> Outcome:
+                    workspace: Workspace, check: Callable[[VirtualMachine, RoleBoot, Path, Outcome], None],
+                    tree: CloudStackTree | None = None) -> Outcome:
     """Boot a throwaway copy of the disk, hand over the role's command line through the guest agent, wait
-    for sshd on the control address, then run `check`. Any failure ends up in the outcome's message."""
+    for sshd on the control address (a User VM's guest address), then run `check`. Any failure ends up in
+    the outcome's message."""
     key_file, public_key = management_key(workspace.verify / "keys")
-    boot = role_boot(role, public_key)
     outcome = Outcome(name, artifact.name, role)
-    vm = VirtualMachine(name, disk, fmt, workspace.verify / "vms", config.arch.qemu, accel,
-                        config.verify.memory_mib, boot.nics, config.verify.disk_mib)
-    outcome.console_log = str(vm.console_log)
+    vms = workspace.verify / "vms"
+    outcome.console_log = str(vms / f"{name}-serial.log")
     timeout = config.verify.boot_timeout_s
     started = time.monotonic()
+    vm: VirtualMachine | None = None
     try:
-        log.step("starting QEMU")
-        with vm:
+        with contextlib.ExitStack() as resources:
+            if role in USER_VM_ROLES:
+                if tree is None:
+                    raise SysvmError(f"{name}: a User VM role needs CloudStack's user data (--cloudstack PATH)")
+                boot = user_vm_boot(role, workspace.verify / name, tree, public_key, config.verify.sharedfs_filesystem,
+                                    config.debian.architecture, resources)
+            else:
+                boot = role_boot(role, public_key)
+            vm = VirtualMachine(name, disk, fmt, vms, config.arch.qemu, accel, config.verify.memory_mib, boot.nics,
+                                config.verify.disk_mib, boot.drives)
+            log.step("starting QEMU")
+            resources.enter_context(vm)
             log.step("waiting for the guest agent")
             outcome.timings["agent_s"] = round(vm.hand_over_cmdline(boot.cmdline(), timeout), 1)
             log.step("guest agent answered, waiting for SSH")
@@ -257,30 +326,38 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
         outcome.passed, outcome.message = False, str(error)
     except Exception as error:  # noqa: BLE001 - one boot's crash is that boot's failed test, not the run's
         outcome.passed = False
-        outcome.message = f"{name}: {type(error).__name__}: {error}; console: {vm.console_tail()}"
+        console = vm.console_tail() if vm is not None else "(QEMU was not started)"
+        outcome.message = f"{name}: {type(error).__name__}: {error}; console: {console}"
     outcome.timings["total_s"] = round(time.monotonic() - started, 1)
     if not outcome.passed:
         log.warning(outcome.message)
     return outcome
 
 
-def suite_command() -> list[str]:
-    """pytest over the packaged suites. Their own pytest.ini (-c) makes them the rootdir and stops the
-    search for settings and conftest files there, so a checkout's pyproject.toml plays no part."""
-    return [sys.executable, "-m", "pytest", str(SUITES), "-c", str(SUITES / "pytest.ini"), f"--rootdir={SUITES}",
-            "-p", "no:cacheprovider", "-q"]
+USER_VM_SUITE = "test_user_vm.py"
+
+
+def suite_command(role: str) -> list[str]:
+    """pytest over the packaged suites of the role: a User VM's own, or the system VM ones. Their own
+    pytest.ini (-c) makes them the rootdir and stops the search for settings and conftest files there, so a
+    checkout's pyproject.toml plays no part. A User VM is entered as a user with sudo, as its user data allows."""
+    suites = sorted(SUITES.glob("test_*.py"))
+    chosen = [path for path in suites if (path.name == USER_VM_SUITE) == (role in USER_VM_ROLES)]
+    return [sys.executable, "-m", "pytest", *map(str, chosen), "-c", str(SUITES / "pytest.ini"),
+            f"--rootdir={SUITES}", "-p", "no:cacheprovider", "-q", *(["--sudo"] if role in USER_VM_ROLES else [])]
 
 
 def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, role: str, accel: str,
-                workspace: Workspace, host: HostFiles | None = None) -> Outcome:
+                workspace: Workspace, host: HostFiles | None = None, tree: CloudStackTree | None = None) -> Outcome:
     """The role's testinfra suite over SSH, with what the VM was told at boot as expectations. Given the
-    files a CloudStack host sends, the role is first started as a 4.17+ host starts it."""
+    files a CloudStack host sends, a system VM role is first started as a 4.17+ host starts it; a User VM
+    role takes its user data from the CloudStack tree `tree`, and the host sends it nothing."""
     folder = workspace.verify
     name = f"{role}-{hypervisor}"
 
     def run_suite(vm: VirtualMachine, boot: RoleBoot, key_file: Path, outcome: Outcome) -> None:
-        ssh_file = ssh_config(folder, vm.name, vm.ssh_port, key_file)
-        expectations = {"role": role, "values": boot.values, "control_ip": boot.control_ip,
+        ssh_file = ssh_config(folder, vm.name, vm.ssh_port, key_file, boot.ssh_user)
+        expectations = {"role": role, "values": boot.values, "control_ip": boot.control_ip, **boot.facts,
                         "version": config.cloudstack.version,
                         "management_key": (key_file.parent / f"{key_file.name}.pub").read_text().strip(),
                         "java_package": config.release.java_package, "cloudstack": None,
@@ -289,7 +366,15 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor
                         # every service whose state depends on the role
                         "services": {"enabled": config.services.roles.get(role, []),
                                      "managed": config.services.managed}}
-        if host is not None:
+        if role in USER_VM_ROLES:
+            # sshd answers before cloud-init has given the user its key, and may restart while the user
+            # data runs: the suite starts once cloud-init has finished (result.json) and the user logs in.
+            log.step(f"waiting for cloud-init to run the user data and let {boot.ssh_user} log in")
+            outcome.timings["user_data_s"] = round(poll(
+                f"{vm.name}: cloud-init's end, seen over SSH as {boot.ssh_user}",
+                lambda: run(["ssh", "-F", ssh_file, vm.name, f"sudo -n test -e {CLOUD_INIT_RESULT}"], check=False,
+                            capture=True, timeout=60).returncode == 0, config.verify.boot_timeout_s, interval=5), 1)
+        elif host is not None:
             remote = Remote(vm.name, ssh_file, folder / f"{vm.name}-host.log")
             answer = start_sequence(remote, role, host, config.verify.boot_timeout_s)
             # QEMU start to get_template_version.sh answering: what a host and management server wait for.
@@ -305,7 +390,7 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor
         log.step("running the tests")
         started = time.monotonic()
         try:
-            result = run([*suite_command(), f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_file}",
+            result = run([*suite_command(role), f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_file}",
                           f"--junitxml={junit}", "-o", f"junit_suite_name={vm.name}"],
                          check=False, cwd=folder, stdout_path=report, env={"SYSVM_EXPECT": str(expect_file)})
         finally:
@@ -316,7 +401,7 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor
         outcome.message = ("all tests passed" if outcome.passed else
                            f"{outcome.tests.get('failed', 0)} tests failed (see {report})")
 
-    return _boot_into_role(config, disk, fmt, artifact, name, role, accel, workspace, run_suite)
+    return _boot_into_role(config, disk, fmt, artifact, name, role, accel, workspace, run_suite, tree)
 
 
 def verify_boot_only(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, accel: str,
@@ -385,8 +470,8 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
     """Boot each role once, `parallel` VMs at a time, the roles taking the artifacts in turn; an artifact
     no role took gets a boot check. With a CloudStack tree (`cloudstack`, else verify.cloudstack_scripts) the
     roles are started as a 4.17+ host starts them, with that tree's scripts."""
-    tools.require(["verify"], config)
-    roles = list(roles or config.verify.roles)
+    chosen = list(roles or [])
+    roles = chosen or list(config.verify.roles)
     for role in roles:
         if role not in config.roles:
             raise SysvmError(f"--role {role}: not a role of this configuration ({', '.join(config.roles)})")
@@ -397,6 +482,14 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         tree = locate(tree_path) if tree_path else None
     except SysvmError as error:
         raise SysvmError(f"{'--cloudstack' if cloudstack else 'verify.cloudstack_scripts'}: {error}") from error
+    user_vms = [role for role in roles if role in USER_VM_ROLES]
+    if user_vms and tree is None:
+        if chosen:
+            raise SysvmError(f"--role {user_vms[0]}: a User VM role boots with CloudStack's user data: give a "
+                             "CloudStack tree (--cloudstack PATH or verify.cloudstack_scripts)")
+        log.say(f"verify: {', '.join(user_vms)} left out: they boot with CloudStack's user data (--cloudstack PATH)")
+        roles = [role for role in roles if role not in USER_VM_ROLES]
+    tools.require(["verify", *(["verify-user-vms"] if user_vms and tree else [])], config)
     workspace.verify.mkdir(parents=True, exist_ok=True)
     with log.stage("verify", workspace.logs):
         accel = accelerator(config.verify.accelerator, workspace.cache, config.debian.architecture)
@@ -415,7 +508,7 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
                 raise SysvmError(f"--artifact {artifact}: no such file" if artifact else
                                  f"{path}: artifact not built yet (run invoke build first)")
             disks.append((*unpack_artifact(path, images), path, target))
-        jobs = [(role, verify_role, (config, disk, fmt, path, target, role, accel, workspace, host)) if role else
+        jobs = [(role, verify_role, (config, disk, fmt, path, target, role, accel, workspace, host, tree)) if role else
                 (target, verify_boot_only, (config, disk, fmt, path, target, accel, workspace))
                 for role, (disk, fmt, path, target) in boot_plan(roles, disks)]
         log.say(f"{len(jobs)} boots, {parallel} at a time ({accel})")

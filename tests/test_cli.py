@@ -126,7 +126,7 @@ def test_validate_checks_the_defaults_and_writes_nothing(tmp_path):
         "validate: settings ok (the defaults)",
         "validate: host tools ok (for rootfs, disk, packer, overlay, export)",
         "validate: CloudStack trees ok (none configured)",
-        "validate: overlay layers ok (common, consoleproxy, secstorage, router)",
+        "validate: overlay layers ok (common, consoleproxy, secstorage, router, sharedfsvm, cksnode)",
         checked.stdout.splitlines()[4],
         "validate: ok",
     ]
@@ -151,7 +151,7 @@ def test_validate_leaves_an_existing_output_folder_as_it_was(tmp_path):
     (layer / "etc/motd").write_text("hello\n")
     checked = sysvm(tmp_path, "validate", "--set", f"overlay_layers=[{layer}]")
     assert checked.returncode == 0, checked.stderr
-    assert f"validate: overlay layers ok (common, consoleproxy, secstorage, router, {layer})" in (
+    assert f"validate: overlay layers ok (common, consoleproxy, secstorage, router, sharedfsvm, cksnode, {layer})" in (
         checked.stdout)
     assert state() == before
 

@@ -437,3 +437,45 @@ def test_run_command_reports_the_exit_status_and_answers_queries(caplog):
     assert cmdline_module.run_command(["sh", "-c", "echo no >&2; exit 3"]) is None
     assert "sh exited with status 3: no" in caplog.text
     assert cmdline_module.run_command(["sh", "-c", "echo disabled; exit 1"], query=True) == "disabled\n"
+
+
+USER_VM_LINES = {
+    role: (f"template=domP name={name} type={role} eth0ip=10.1.1.15 eth0mask=255.255.255.0 gateway=10.1.1.1 "
+           "internaldns1=10.1.1.1 dns1=10.1.1.1")
+    for role, name in (("sharedfsvm", "sharedfs-share1"), ("cksnode", "cks1-node-1"))}
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("role", sorted(USER_VM_LINES))
+def test_a_user_vm_role_is_set_up_as_cloudstack_s_setup_does_and_rerun_changes_nothing(role, root, system, declared):
+    """sshd on 22 of every address, no key for root, no firewall file, legacy tools, no swap, ConfigDrive
+    first for cloud-init; a Kubernetes node also forwards and loads what kubeadm's preflight checks."""
+    (root / "etc/fstab").write_text("UUID=1 / ext4 defaults 0 1\n/dev/vda2 none swap sw 0 0\n")
+    (root / "root/.ssh").mkdir(parents=True, exist_ok=True)
+    (root / "root/.ssh/authorized_keys").write_text(MGMT_KEY + "\n")
+    for tool in ("iptables", "ip6tables", "arptables", "ebtables"):
+        (root / f"usr/sbin/{tool}-legacy").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"usr/sbin/{tool}-legacy").write_text("")
+    paths, line = Paths(root), parse(USER_VM_LINES[role])
+    Setup(paths, line, "kvm", system).apply()
+    assert re.search(r"(?m)^Port 22$", (root / "etc/ssh/sshd_config").read_text())
+    assert "ListenAddress" not in (root / "etc/ssh/sshd_config.d/10-cloudstack-control.conf").read_text()
+    assert (root / "root/.ssh/authorized_keys").read_text() == ""
+    assert not (root / "etc/iptables/rules.v4").exists()
+    assert f"10.1.1.15\t{line.get('name')}" in (root / "etc/hosts").read_text()
+    assert "#/dev/vda2 none swap" in (root / "etc/fstab").read_text() and ["swapoff", "-a"] in system.calls
+    for tool in ("iptables", "ip6tables", "arptables", "ebtables"):
+        assert ["update-alternatives", "--set", tool, f"/usr/sbin/{tool}-legacy"] in system.calls
+    assert "datasource_list: ['ConfigDrive', 'CloudStack']" in (root / "etc/cloud/cloud.cfg.d/cloudstack.cfg").read_text()
+    assert (root / "etc/cloud/ds-identify.cfg").read_text() == "policy: enabled\n"
+    sysctls = (root / f"etc/sysctl.d/60-cloudstack-{role}.conf").read_text()
+    assert "net.ipv4.conf.all.rp_filter = 0" in sysctls
+    kubernetes = role == "cksnode"
+    assert ("net.bridge.bridge-nf-call-iptables = 1" in sysctls) == kubernetes
+    assert (["modprobe", "-a", "overlay", "br_netfilter"] in system.calls) == kubernetes
+    assert (root / "etc/sysctl.d/60-cloudstack-forwarding.conf").exists() == kubernetes
+    assert system.enabled == set(declared["roles"][role])
+
+    before = snapshot(root)
+    assert Setup(paths, parse(USER_VM_LINES[role]), "kvm", FakeSystem(system.enabled)).apply() == []
+    assert snapshot(root) == before

@@ -19,7 +19,8 @@ def test_defaults_build_bookworm_4_20(default_config):
     assert default_config.cloudstack.version == "4.20.0"
     assert default_config.release.java_package == "openjdk-17-jre-headless"
     assert "openjdk-17-jre-headless" in default_config.package_list()
-    assert set(default_config.roles) == {"consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr"}
+    assert set(default_config.roles) == {"consoleproxy", "secstorage", "router", "vpcrouter", "dhcpsrvr",
+                                         "sharedfsvm", "cksnode"}
 
 
 def test_user_file_then_set_override_in_order(tmp_path):

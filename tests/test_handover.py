@@ -141,3 +141,18 @@ def test_scripts_baked_into_the_image_run_when_the_host_sends_nothing(tmp_path, 
     assert not complete(step)
     assert recorder.scripts_run() == ["bootstrap.sh", "postinit.sh"]
     assert "handing over to the image's CloudStack scripts" in caplog.text
+
+
+def test_a_user_vm_without_cloudstack_s_scripts_starts_cloud_init_once(tmp_path):
+    """The host copies nothing into a User VM: its own setup starts cloud-init for the ConfigDrive's user data,
+    and not again once that user data has marked the VM as provisioned."""
+    step, recorder = handover(tmp_path)
+    step.finish(False, user_vm=True)
+    assert recorder.calls == [["systemctl", "start", "--no-block", "cloud-init.service", "cloud-config.service",
+                               "cloud-final.service"]]
+    assert (tmp_path / "var/cache/cloud/boot_up_done").is_file()
+    (tmp_path / "home/cloud").mkdir(parents=True)
+    (tmp_path / "home/cloud/success").write_text("true\n")
+    again, recorder = handover(tmp_path)
+    again.finish(False, user_vm=True)
+    assert recorder.calls == []

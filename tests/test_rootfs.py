@@ -151,7 +151,8 @@ def test_a_rebuild_names_the_package_setting_that_changed(tmp_path, workspace, c
     assert again.key == stage.key
     _, fewer = rootfs.plan(load(*settings, "roles=[consoleproxy, secstorage]", "verify.roles=[consoleproxy]"),
                            workspace)
-    assert reason(fewer, capsys) == "rootfs: rebuilding (packages.roles.router removed)"
+    assert reason(fewer, capsys) == ("rootfs: rebuilding (packages.roles.cksnode removed, packages.roles.router "
+                                     "removed, packages.roles.sharedfsvm removed)")
     _, java = rootfs.plan(load(*settings, "releases.bookworm.java_package=openjdk-21-jre-headless"), workspace)
     assert reason(java, capsys) == ("rootfs: rebuilding (releases.bookworm.java_package changed: "
                                     "+openjdk-21-jre-headless −openjdk-17-jre-headless)")

@@ -28,7 +28,8 @@ from tests.test_cloud_setup import LINES, FakeSystem
 
 SUITE = verify.SUITES / "test_system_vm.py"
 ROUTER_WITHOUT_DNSMASQ = "services.roles.router=[apache2, haproxy]"
-MANAGED_WITHOUT_RADVD = "services.managed=[cloud, apache2, dnsmasq, haproxy, keepalived, conntrackd, nfs-common]"
+MANAGED_WITHOUT_RADVD = ("services.managed=[cloud, apache2, dnsmasq, haproxy, keepalived, conntrackd, nfs-common, "
+                         "nfs-server, containerd]")
 SETUP_UNIT = "etc/systemd/system/sysvm-setup.service"
 
 
@@ -55,7 +56,7 @@ def handed_to_suites(loaded: config.Config, role: str, workspace: Workspace,
     handed: dict[str, typing.Any] = {}
 
     def booted(config_: config.Config, disk_: Path, fmt: str, artifact: Path, name: str, role_: str, accel: str,
-               workspace_: Workspace, check: typing.Callable[..., None]) -> verify.Outcome:
+               workspace_: Workspace, check: typing.Callable[..., None], tree: object = None) -> verify.Outcome:
         key_file, public_key = verify.management_key(workspace_.verify / "keys")
         outcome = verify.Outcome(name, artifact.name, role_)
         check(types.SimpleNamespace(name=name, ssh_port=2222, started_at=time.monotonic()),
@@ -162,9 +163,9 @@ def test_a_service_no_longer_managed_leaves_the_build_the_image_and_the_suites(t
         return [v for v in document["provisioners"][0]["environment_vars"] if v.startswith("MANAGED_SERVICES=")]
 
     assert packer_environment(default) == ["MANAGED_SERVICES=cloud apache2 dnsmasq haproxy keepalived conntrackd "
-                                           "radvd nfs-common"]
+                                           "radvd nfs-common nfs-server containerd"]
     assert packer_environment(changed) == ["MANAGED_SERVICES=cloud apache2 dnsmasq haproxy keepalived conntrackd "
-                                           "nfs-common"]
+                                           "nfs-common nfs-server containerd"]
 
     # The image: the setup unit is no longer ordered before it, and the setup neither asks about it nor
     # turns it off.
@@ -193,10 +194,10 @@ def _error(overrides: list[str], defaults: Path = config.DEFAULTS_FILE) -> str:
 @pytest.mark.parametrize(("assignment", "expected"), [
     ("services.roles.mailserver=[cloud]",
      "services.roles.mailserver: unknown role (expected one of: consoleproxy, secstorage, router, vpcrouter, "
-     "dhcpsrvr, ilbvm, elbvm)"),
+     "dhcpsrvr, sharedfsvm, cksnode, ilbvm, elbvm)"),
     ("services.roles.router=[apache2, squid]",
      "services.roles.router.1: 'squid' is not in services.managed (cloud, apache2, dnsmasq, haproxy, keepalived, "
-     "conntrackd, radvd, nfs-common)"),
+     "conntrackd, radvd, nfs-common, nfs-server, containerd)"),
     ("services.roles.router=[apache2.service]",
      "services.roles.router.0: expected a service name without .service, got 'apache2.service'"),
     ("services.managed=[cloud, apache2, dnsmasq, haproxy, keepalived, conntrackd, cloud]",

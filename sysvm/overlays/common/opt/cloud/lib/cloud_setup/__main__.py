@@ -11,6 +11,7 @@ from pathlib import Path
 from cloud_setup.cmdline import Acquisition, detect_hypervisor, parse, run_command, save_json
 from cloud_setup.handover import HOST_WAIT_SECONDS, Handover
 from cloud_setup.paths import Paths
+from cloud_setup.roles import USER_VM_ROLES
 from cloud_setup.setup import Setup
 
 
@@ -59,14 +60,17 @@ def handover_main(argv: list[str] | None = None) -> int:
                         help="seconds to wait for the host's cloud-scripts.tgz")
     args = parser.parse_args(argv)
     paths = Paths(args.root)
-    configure_logging(paths, parser.prog)
+    log = configure_logging(paths, parser.prog)
     line = parse(paths.cmdline.read_text() if paths.cmdline.is_file() else "")
     handover = Handover(paths, line.role, wait_seconds=args.wait)
-    from_host = handover.wait_for_host_scripts() and handover.unpack_host_scripts()
+    user_vm = line.role in USER_VM_ROLES
+    if user_vm:
+        log.info("%s is a User VM to the host, which copies no cloud-scripts.tgz into it", line.role)
+    from_host = not user_vm and handover.wait_for_host_scripts() and handover.unpack_host_scripts()
     if from_host:
         # The role's rules file may have come with the scripts: copy it into place as CloudStack's init does.
         Setup(paths, line, detect_hypervisor(paths), run_command).firewall()
-    handover.finish(from_host)
+    handover.finish(from_host, user_vm)
     return 0  # a host that sends nothing, or a bad archive, leaves the VM on its own setup: not a failure
 
 

@@ -7,6 +7,8 @@ bootstrap.sh (the role's own setup, agent.zip for console proxy and secondary st
 postinit.sh (enabled_svcs, disabled_svcs, boot_up_done). Scripts baked into the image at build time
 are used the same way when the host sends nothing. Without any CloudStack scripts the image's own
 setup stands and this only marks the boot as done, so get_template_version.sh answers either way.
+A User VM role (a Shared FileSystem VM, a Kubernetes node) gets no scripts from the host, so nothing is
+waited for; without CloudStack's scripts this starts cloud-init for its user data, as theirs would.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ log = logging.getLogger("cloud_setup")
 HOST_WAIT_SECONDS = 120.0  # upstream's cloud-early-config tries 60 times, 2 s apart
 SETTLE_SECONDS = 5.0  # an unreadable file that stopped growing this long is not still being copied
 SCRIPT_TIMEOUT_SECONDS = 900.0  # bootstrap.sh of a router runs a lot of Python: allow for emulation
+# cloud-init's stages (cloud-init.service wants the local one); started without waiting for them to end.
+CLOUD_INIT_UNITS = ["cloud-init.service", "cloud-config.service", "cloud-final.service"]
+PROVISIONED = "home/cloud/success"  # the user data of both User VM roles writes it when it has done its work
 
 # Runs a script with its output going to the journal; returns the exit status (None: could not run it).
 ScriptRunner = Callable[[List[str], float], Optional[int]]
@@ -137,7 +142,15 @@ class Handover:
         if self.paths.host_agent_zip.is_file():
             self.paths.host_agent_zip.unlink()
 
-    def finish(self, from_host: bool) -> None:
+    def start_cloud_init(self) -> None:
+        """The user data runs once: after it succeeded, a reboot leaves cloud-init off (as CloudStack's setup)."""
+        if (self.paths / PROVISIONED).exists():
+            log.info("%s exists: the user data ran on an earlier boot; cloud-init is not started", PROVISIONED)
+            return
+        log.info("starting cloud-init for the user data on the ConfigDrive")
+        self.run(["systemctl", "start", "--no-block", *CLOUD_INIT_UNITS], SCRIPT_TIMEOUT_SECONDS)
+
+    def finish(self, from_host: bool, user_vm: bool = False) -> None:
         """Run CloudStack's bootstrap and post-init when the image has them, then mark the boot as done."""
         if self.paths.bootstrap.is_file():
             if self.paths.host_agent_zip.is_file():
@@ -151,6 +164,8 @@ class Handover:
                 self.run(["/bin/bash", str(self.paths.postinit)], SCRIPT_TIMEOUT_SECONDS)
         else:
             log.info("no CloudStack scripts in the image: the image's own %s setup stands", self.role or "default")
+            if user_vm:
+                self.start_cloud_init()
         if not self.paths.boot_up_done.is_file():
             write_if_changed(self.paths.boot_up_done, time.strftime("%a %b %d %H:%M:%S %Z %Y") + "\n")
         log.info("boot up done")

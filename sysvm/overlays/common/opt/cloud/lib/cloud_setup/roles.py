@@ -58,6 +58,11 @@ class RolePlan:
     agent_resource: str  # empty: no CloudStack agent runs in this role
     ip_forward: bool
     services: tuple[str, ...] = ()  # enabled; the rest of RoleServices.managed is disabled
+    # A User VM to the host (CloudStack 4.20+ deploys Shared FileSystem VMs and Kubernetes nodes from the
+    # template): no control network and no scripts from the host; sshd on 22, the work in cloud-init user data.
+    user_vm: bool = False
+    modules: tuple[str, ...] = ()  # kernel modules loaded at every boot
+    sysctls: tuple[tuple[str, str], ...] = ()  # set at every boot (after the modules that provide them)
 
 
 _PLANS = {
@@ -70,7 +75,13 @@ _PLANS = {
     "dhcpsrvr": RolePlan("dhcpsrvr", "iptables-router", "", False),
     "ilbvm": RolePlan("ilbvm", "iptables-router", "", True),
     "elbvm": RolePlan("elbvm", "iptables-router", "", True),
+    "sharedfsvm": RolePlan("sharedfsvm", "", "", False, user_vm=True),
+    # What kubeadm's preflight checks beside swap and IP forwarding (from the CKS ISO, it runs on this image).
+    "cksnode": RolePlan("cksnode", "", "", True, user_vm=True, modules=("overlay", "br_netfilter"),
+                        sysctls=(("net.bridge.bridge-nf-call-iptables", "1"),
+                                 ("net.bridge.bridge-nf-call-ip6tables", "1"))),
 }
+USER_VM_ROLES = tuple(role for role, plan in _PLANS.items() if plan.user_vm)
 DEFAULT_PLAN = RolePlan("default", "iptables-default", "", False)
 
 
@@ -82,6 +93,8 @@ def plan_for(line: CommandLine, services: RoleServices) -> RolePlan:
 def control_nic(line: CommandLine, hypervisor: str) -> int:
     """Which ethN carries the link-local control address (sshd and the 3922 rule)."""
     role = line.role
+    if role in USER_VM_ROLES:  # its one NIC, on a guest network
+        return 0
     if role in ("consoleproxy", "secstorage"):
         return 1 if hypervisor in ("vmware", "hyperv") else 0
     if role in ("router", "ilbvm"):

@@ -18,6 +18,7 @@ from cloud_setup.roles import RolePlan, RoleServices, control_nic, plan_for
 
 log = logging.getLogger("cloud_setup")
 
+CLOUD_INIT_DATASOURCES = "etc/cloud/cloud.cfg.d/cloudstack.cfg"
 HEADER = "# Written at boot by sysvm-setup from the CloudStack command line; edits are overwritten.\n"
 
 
@@ -63,6 +64,8 @@ class Setup:
         self.sshd()
         self.authorized_key()
         self.firewall()
+        if self.plan.user_vm:
+            self.user_vm()
         self.agent()
         self.services()
         self.passwords()
@@ -75,9 +78,14 @@ class Setup:
             return
         self._write("etc/hostname", name + "\n")
         hosts = self.paths / "etc/hosts"
+        own = f"127.0.1.1\t{name}"
+        guest = self.line.interfaces.get(0)
+        if self.plan.user_vm and guest is not None:  # as CloudStack's setup: the name is the guest address's
+            own = f"{guest.address}\t{name}"
         kept = [line for line in (hosts.read_text().splitlines() if hosts.is_file() else [])
-                if not line.split()[:1] or line.split()[0] not in ("127.0.0.1", "127.0.1.1")]
-        self._write("etc/hosts", "\n".join(["127.0.0.1\tlocalhost", f"127.0.1.1\t{name}", *kept]) + "\n")
+                if not line.split()[:1] or (line.split()[0] not in ("127.0.0.1", "127.0.1.1")
+                                            and name not in line.split()[1:])]
+        self._write("etc/hosts", "\n".join(["127.0.0.1\tlocalhost", own, *kept]) + "\n")
         if self.paths.root == Path("/"):
             self.runner(["hostname", name])
 
@@ -136,6 +144,13 @@ class Setup:
 
     def sshd(self) -> None:
         """Only the listening address: the port is sshd_config's (a second Port line binds it twice)."""
+        if self.plan.user_vm:
+            # As CloudStack's sharedfsvm.sh and cksnode.sh: the standard port, on every address.
+            config = self.paths / "etc/ssh/sshd_config"
+            if config.is_file():
+                self._write("etc/ssh/sshd_config", re.sub(r"(?m)^Port \d+$", "Port 22", config.read_text()))
+            self._write("etc/ssh/sshd_config.d/10-cloudstack-control.conf", HEADER)
+            return
         control = self.control
         if control is None:
             log.error("no valid address for control NIC eth%d: sshd listens on every address",
@@ -146,6 +161,10 @@ class Setup:
         self._write("etc/ssh/sshd_config.d/10-cloudstack-control.conf", content)
 
     def authorized_key(self) -> None:
+        if self.plan.user_vm:  # as CloudStack's setup: no key for root; the user data adds its own users
+            if (self.paths / "root/.ssh/authorized_keys").is_file():
+                self._write("root/.ssh/authorized_keys", "", 0o600)
+            return
         encoded = self.line.get("authorized_key")
         if not encoded:
             return
@@ -158,15 +177,18 @@ class Setup:
         self._write("root/.ssh/authorized_keys", key + "\n", 0o600)
 
     def firewall(self) -> None:
+        if self.plan.ip_forward:
+            self._write("etc/sysctl.d/60-cloudstack-forwarding.conf", "net.ipv4.ip_forward = 1\n")
+            self.runner(["sysctl", "-p", str(self.paths / "etc/sysctl.d/60-cloudstack-forwarding.conf")])
+        if not self.plan.iptables_file:
+            log.info("role %s has no rules file: as in CloudStack's setup, the image's firewall stays", self.plan.role)
+            return
         source = self.paths / "etc/iptables" / self.plan.iptables_file
         if not source.is_file():
             log.error("firewall rules %s are missing; leaving the firewall as it is", source)
             return
         rules = _ssh_on_control_nic(source.read_text(), self.control_index)
         self._write("etc/iptables/rules.v4", rules)
-        if self.plan.ip_forward:
-            self._write("etc/sysctl.d/60-cloudstack-forwarding.conf", "net.ipv4.ip_forward = 1\n")
-            self.runner(["sysctl", "-p", str(self.paths / "etc/sysctl.d/60-cloudstack-forwarding.conf")])
         for command, rules_file in (("iptables-restore", "etc/iptables/rules.v4"),
                                     ("ip6tables-restore", "etc/iptables/rules.v6")):
             if not (self.paths / rules_file).is_file():
@@ -175,6 +197,35 @@ class Setup:
                 log.error("%s rejected %s", command, self.paths / rules_file)
             else:
                 log.info("loaded %s", self.paths / rules_file)
+
+    def user_vm(self) -> None:
+        """What CloudStack's setup/sharedfsvm.sh and cksnode.sh do before cloud-init runs the user data
+        (the handover starts cloud-init): legacy firewall tools, no swap, no reverse path filter, the
+        role's kernel modules and sysctls, and ConfigDrive as cloud-init's first data source."""
+        for tool in ("iptables", "ip6tables", "arptables", "ebtables"):
+            legacy = f"/usr/sbin/{tool}-legacy"
+            if (self.paths / legacy).exists() and self.runner(["update-alternatives", "--set", tool, legacy]) is None:
+                log.error("could not switch %s to %s", tool, legacy)
+        self.runner(["swapoff", "-a"])
+        fstab = self.paths / "etc/fstab"
+        if fstab.is_file():
+            self._write("etc/fstab", re.sub(r"(?m)^(?!#)(.*\sswap\s)", r"#\1", fstab.read_text()))
+        role = self.plan.role
+        if self.plan.modules:
+            self._write(f"etc/modules-load.d/cloudstack-{role}.conf", HEADER + "".join(f"{m}\n" for m in self.plan.modules))
+            if self.runner(["modprobe", "-a", *self.plan.modules]) is None:
+                log.error("could not load the kernel modules %s", " ".join(self.plan.modules))
+        settings = [("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0"), *self.plan.sysctls]
+        sysctl_file = f"etc/sysctl.d/60-cloudstack-{role}.conf"
+        self._write(sysctl_file, HEADER + "".join(f"{key} = {value}\n" for key, value in settings))
+        if self.runner(["sysctl", "-p", str(self.paths / sysctl_file)]) is None:
+            log.error("sysctl rejected %s", self.paths / sysctl_file)
+        # cloud-init reads the ConfigDrive the host attaches; ds-identify is not asked (the image disables it).
+        self._write("etc/cloud/ds-identify.cfg", "policy: enabled\n")
+        datasources = self.paths / CLOUD_INIT_DATASOURCES
+        current = datasources.read_text() if datasources.is_file() else "datasource_list: ['CloudStack']\n"
+        self._write(CLOUD_INIT_DATASOURCES, re.sub(r"(?m)^datasource_list: .*$",
+                                                   "datasource_list: ['ConfigDrive', 'CloudStack']", current))
 
     def agent_bundle_present(self) -> bool:
         return any(self.paths.agent_bundle.rglob("*.jar")) if self.paths.agent_bundle.is_dir() else False
