@@ -171,6 +171,11 @@ class VirtualMachine:
     def guest_ssh_port(self) -> int:
         return next((nic.guest_ssh_port for nic in self.nics if nic.forward_ssh_to), SSH_PORT)
 
+    @property
+    def ssh_address(self) -> str:
+        """What a message calls the address sshd answers on: a system VM's control address, a User VM's own."""
+        return "the control address" if self.guest_ssh_port == SSH_PORT else "the guest address"
+
     def __enter__(self) -> VirtualMachine:
         self.start()
         return self
@@ -257,10 +262,11 @@ class VirtualMachine:
             if prompt_seen is None and self.console_contains(b"login:"):
                 prompt_seen = time.monotonic()
             if prompt_seen is not None and time.monotonic() - prompt_seen > after_login_prompt:
-                raise self.fail(f"the VM reached a login prompt but sshd on port {self.guest_ssh_port} "
+                raise self.fail(f"the VM reached a login prompt but sshd on port {self.guest_ssh_port} of {self.ssh_address} "
                                 f"did not answer within {after_login_prompt:.0f}s after it")
             if time.monotonic() - started > timeout:
-                raise self.fail(f"sshd on port {self.guest_ssh_port} did not answer within {timeout:.0f}s")
+                raise self.fail(f"sshd on port {self.guest_ssh_port} of {self.ssh_address} did not answer within "
+                                f"{timeout:.0f}s")
             time.sleep(2)
 
     def stop(self) -> None:
