@@ -91,7 +91,7 @@ def test_every_role_starts_as_a_cloudstack_host_starts_it_from_every_format(defa
     assert (workspace.verify / "junit.xml").is_file()
     for outcome in outcomes:
         ready = outcome.timings.get("cloudstack_ready_s", outcome.timings.get("user_data_s"))  # a User VM's user data
-        print(f"{outcome.name}: ready in {ready}s (QEMU start to get_template_version.sh; a User VM: sshd to cloud-init.s end), "
+        print(f"{outcome.name}: ready in {ready}s (QEMU start to get_template_version.sh; a User VM: sshd to cloud-init's end), "
               f"suites {outcome.timings['tests_s']}s")
 
 
