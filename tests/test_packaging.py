@@ -75,7 +75,7 @@ def test_the_installed_package_carries_the_suites_and_verify_collects_them_there
     shown = command(installed / "bin/pip", "show", "--files", "sysvm", cwd=tmp_path).stdout
     files = {line.strip() for line in shown.splitlines() if line.startswith("  ")}
     for name in ("conftest.py", "test_system_vm.py", "test_router_health.py", "test_cloudstack_start.py",
-                 "cloudstack_health.py", "pytest.ini"):
+                 "test_user_vm.py", "cloudstack_health.py", "pytest.ini"):
         assert f"sysvm/suites/{name}" in files, name
     # Every file of the package's folder in the checkout, but caches and the in-image lint settings (tools')
     source = {name.as_posix() for name in (path.relative_to(CHECKOUT) for path in (CHECKOUT / "sysvm").rglob("*")
@@ -85,14 +85,19 @@ def test_the_installed_package_carries_the_suites_and_verify_collects_them_there
         source - {"sysvm/overlays/ruff.toml"}
     assert not any(name.startswith("tests/") for name in files)
 
-    # verify's own pytest command, run by the installed sysvm in a directory with nothing around it
-    collect = ("import subprocess, sys\nfrom sysvm.verify import SUITES, suite_command\nprint(SUITES, flush=True)\n"
-               "sys.exit(subprocess.run([*suite_command(), '--collect-only', '-v']).returncode)")
-    done = command(installed / "bin/python", "-c", collect, cwd=tmp_path)
-    suites = Path(done.stdout.splitlines()[0])
-    assert suites.is_relative_to(installed) and not suites.is_relative_to(CHECKOUT)
-    assert f"rootdir: {suites}\nconfigfile: pytest.ini\n" in done.stdout
-    assert "<Module test_system_vm.py>" in done.stdout and "<Module test_router_health.py>" in done.stdout
+    # verify's own pytest command for a system VM and for a User VM, run by the installed sysvm in a
+    # directory with nothing around it
+    for role, modules, left_out in (("router", ("test_system_vm.py", "test_router_health.py"), "test_user_vm.py"),
+                                    ("sharedfsvm", ("test_user_vm.py",), "test_system_vm.py")):
+        collect = ("import subprocess, sys\nfrom sysvm.verify import SUITES, suite_command\n"
+                   "print(SUITES, flush=True)\n"
+                   f"sys.exit(subprocess.run([*suite_command({role!r}), '--collect-only', '-v']).returncode)")
+        done = command(installed / "bin/python", "-c", collect, cwd=tmp_path)
+        suites = Path(done.stdout.splitlines()[0])
+        assert suites.is_relative_to(installed) and not suites.is_relative_to(CHECKOUT)
+        assert f"rootdir: {suites}\nconfigfile: pytest.ini\n" in done.stdout
+        assert all(f"<Module {module}>" in done.stdout for module in modules), (role, done.stdout)
+        assert f"<Module {left_out}>" not in done.stdout, role
 
 
 def test_sysvm_seed_is_installed_beside_sysvm(installed, tmp_path):
