@@ -101,6 +101,7 @@ class Drive:
     path: Path
     disk_format: str = "raw"
     cdrom: bool = False
+    name: str = ""  # the disk's QEMU id, for monitor commands such as block_resize
 
 
 @dataclass
@@ -134,12 +135,18 @@ class VirtualMachine:
     def agent_socket(self) -> Path:
         return self.folder / f"{self.name}-qga.sock"
 
+    @property
+    def monitor_socket(self) -> Path:
+        """QEMU's own monitor (QMP): what a host's libvirt uses to change a running VM, e.g. grow a disk."""
+        return self.folder / f"{self.name}-qmp.sock"
+
     def command(self) -> list[str]:
         scratch_disk = self.scratch_disk
         command = [self.machine.binary, "-name", self.name, "-machine", f"{self.machine.machine},accel={self.accel}",
                    "-m", str(self.memory_mib), "-smp", "1", "-nodefaults", "-display", "none",
                    "-serial", f"file:{self.console_log}",
                    "-drive", f"file={scratch_disk},format=qcow2,if=virtio,cache=unsafe",
+                   "-qmp", f"unix:{self.monitor_socket},server=on,wait=off",
                    "-chardev", f"socket,id=qga0,path={self.agent_socket},server=on,wait=off",
                    "-device", "virtio-serial", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
         if self.accel == "kvm":
@@ -164,7 +171,8 @@ class VirtualMachine:
                 command += ["-drive", f"file={drive.path},format=raw,if=none,media=cdrom,readonly=on,id=cd{index}",
                             "-device", f"scsi-cd,bus=scsi0.0,drive=cd{index}"]
             else:
-                command += ["-drive", f"file={drive.path},format={drive.disk_format},if=virtio,cache=unsafe"]
+                named = f",id={drive.name}" if drive.name else ""
+                command += ["-drive", f"file={drive.path},format={drive.disk_format},if=virtio,cache=unsafe{named}"]
         return command
 
     @property
@@ -189,6 +197,7 @@ class VirtualMachine:
         scratch_disk = self.scratch_disk
         scratch_disk.unlink(missing_ok=True)
         self.agent_socket.unlink(missing_ok=True)
+        self.monitor_socket.unlink(missing_ok=True)
         self.console_log.unlink(missing_ok=True)
         size = [f"{self.disk_mib}M"] if self.disk_mib else []
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.disk_format, "-b", self.disk.resolve(), scratch_disk,
@@ -273,6 +282,33 @@ class VirtualMachine:
         self._owner.close()
         self.scratch_disk.unlink(missing_ok=True)
         self.agent_socket.unlink(missing_ok=True)
+        self.monitor_socket.unlink(missing_ok=True)
+
+
+def monitor_command(socket_path: Path, command: str, arguments: dict[str, object], timeout: float = 30.0) -> object:
+    """One QMP command to a running QEMU: greeting, capabilities negotiation, the command; events are skipped."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(timeout)
+        connection.connect(str(socket_path))
+        lines = connection.makefile("rb")
+
+        def reply() -> dict[str, object]:
+            while True:
+                line = lines.readline()
+                if not line:
+                    raise SysvmError(f"QEMU's monitor {socket_path} closed the connection during {command}")
+                message = json.loads(line)
+                if "return" in message or "error" in message:
+                    return message
+
+        if "QMP" not in json.loads(lines.readline() or b"{}"):
+            raise SysvmError(f"{socket_path} is not a QEMU monitor (no QMP greeting)")
+        for request in ({"execute": "qmp_capabilities"}, {"execute": command, "arguments": arguments}):
+            connection.sendall(json.dumps(request).encode() + b"\n")
+            answer = reply()
+            if "error" in answer:
+                raise SysvmError(f"QEMU's monitor refused {request['execute']}: {answer['error']}")
+        return answer["return"]
 
 
 def nic_mac(index: int) -> str:

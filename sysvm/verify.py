@@ -94,6 +94,7 @@ USER_VM_NAMES = {"sharedfsvm": "sharedfs-share1", "cksnode": "cks1-node-1"}
 CLOUD_INIT_RESULT = "/run/cloud-init/result.json"  # written when cloud-init's last stage ends
 NFS_PORT = 2049  # NFSv4 needs no other port
 FSVM_DATA_DISK_MIB = 1024
+DATA_DRIVE = "data"  # the Shared FileSystem VM's data disk, as QEMU's monitor names it
 
 
 def user_vm_boot(role: str, folder: Path, tree: CloudStackTree, public_key: str, filesystem: str,
@@ -114,8 +115,9 @@ def user_vm_boot(role: str, folder: Path, tree: CloudStackTree, public_key: str,
         user_data, ssh_user = fsvm_user_data(tree, filesystem), "debian"
         client = resources.enter_context(nfs_client_namespace(name))
         nic = Nic(GUEST_NETWORK, USER_VM_IP, 22, (Forward(client.server, NFS_PORT),))
-        drives = [Drive(data_disk(folder / f"{name}-data.qcow2", FSVM_DATA_DISK_MIB), "qcow2")]
+        drives = [Drive(data_disk(folder / f"{name}-data.qcow2", FSVM_DATA_DISK_MIB), "qcow2", name=DATA_DRIVE)]
         facts: dict[str, object] = {"filesystem": filesystem, "data_disk_mib": FSVM_DATA_DISK_MIB,
+                                    "data_drive": DATA_DRIVE,
                                     "nfs_client": {"namespace": client.namespace, "server": client.server}}
     else:
         user_data, ssh_user = cks_node_user_data(tree, public_key, join_ip=USER_VM_IP), "cloud"
@@ -358,6 +360,8 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor
     def run_suite(vm: VirtualMachine, boot: RoleBoot, key_file: Path, outcome: Outcome) -> None:
         ssh_file = ssh_config(folder, vm.name, vm.ssh_port, key_file, boot.ssh_user)
         expectations = {"role": role, "values": boot.values, "control_ip": boot.control_ip, **boot.facts,
+                        "monitor_socket": str(vm.monitor_socket),
+                        "image_has_cloudstack_scripts": bool(config.cloudstack.scripts),
                         "version": config.cloudstack.version,
                         "management_key": (key_file.parent / f"{key_file.name}.pub").read_text().strip(),
                         "java_package": config.release.java_package, "cloudstack": None,

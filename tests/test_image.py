@@ -117,6 +117,7 @@ class Scenario:
     workspace: Workspace
     outcome: Outcome | None = None
     error: str = ""
+    user_vms: list[Outcome] | None = None  # the User VM roles' verify, on the baked image
 
 
 def _broken_boot(scenario: Scenario) -> None:
@@ -152,11 +153,13 @@ def _baked_boot_with_corrupt_scripts(scenario: Scenario, cloudstack: str) -> Non
 @pytest.fixture(scope="module")
 def scenarios(default_build, cloudstack) -> dict[str, Scenario]:
     """Two images built for a case each, then booted side by side (two VMs at a time, as verify runs them):
-    one whose sshd is broken, and one with CloudStack's scripts baked in whose host sends a corrupt copy."""
+    one whose sshd is broken, and one with CloudStack's scripts baked in whose host sends a corrupt copy;
+    then the baked image verified as the two User VM roles, which get no scripts from the host."""
     layer = Path(__file__).resolve().parent / "fixtures/broken-sshd"  # overlay_layers are relative to the cwd
     made = {"broken": Scenario(config.load(None, [f"overlay_layers=[{layer}]", "export.hypervisors=[kvm]"]),
                                Workspace(variant="broken")),
-            "baked": Scenario(config.load(None, [f"cloudstack.scripts={cloudstack}", "export.hypervisors=[kvm]"]),
+            "baked": Scenario(config.load(None, [f"cloudstack.scripts={cloudstack}", "export.hypervisors=[kvm]",
+                                                 "verify.sharedfs_filesystem=ext4"]),  # the default build's is xfs
                               Workspace(variant="baked"))}
     for scenario in made.values():
         build(scenario.cfg, scenario.workspace)
@@ -166,6 +169,8 @@ def scenarios(default_build, cloudstack) -> dict[str, Scenario]:
                              cloudstack)]
         for boot in boots:
             boot.result()
+    baked = made["baked"]
+    baked.user_vms = verify(baked.cfg, baked.workspace, roles=["sharedfsvm", "cksnode"], cloudstack=cloudstack)
     return made
 
 
@@ -182,3 +187,14 @@ def test_baked_scripts_run_when_the_host_sends_a_corrupt_copy(scenarios, cloudst
     assert baked["cloudstack_scripts"]["path"] == str(Path(cloudstack).resolve())
     outcome = scenarios["baked"].outcome
     assert outcome is not None and outcome.passed, outcome.message if outcome else "no boot"
+
+
+def test_user_vm_roles_do_their_work_with_the_image_s_cloudstack_scripts(scenarios):
+    """A Shared FileSystem VM (ext4 here, xfs in the default build's verify) and a Kubernetes node on an
+    image with CloudStack's scripts baked in: its bootstrap.sh runs sharedfsvm.sh or cksnode.sh, and the
+    suites check the same effects as on the default image (the export written over NFS and grown, the
+    container image imported)."""
+    outcomes = scenarios["baked"].user_vms or []
+    assert sorted(outcome.role for outcome in outcomes) == ["cksnode", "sharedfsvm"]
+    assert all(outcome.passed for outcome in outcomes), [outcome.message for outcome in outcomes]
+    assert all(outcome.tests.get("tests", 0) > 0 for outcome in outcomes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import time
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -93,6 +94,32 @@ def test_each_architecture_boots_in_its_own_qemu_machine(tmp_path, architecture,
     assert command[0] == expected[0]
     assert not any(argument in command for argument in absent)
     assert "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0" in command  # the command line's way in
+
+
+@pytest.mark.host  # qemu-system-x86_64, qemu-img
+def test_a_running_vm_s_data_disk_grows_through_its_monitor(tmp_path):
+    """What the Shared FileSystem VM's suite does to its data disk, on a VM with nothing to boot."""
+    import json
+    import subprocess
+
+    from sysvm import config
+    from sysvm.errors import SysvmError
+    from sysvm.qemu import Drive, VirtualMachine, monitor_command
+
+    boot, data = empty_qcow2(tmp_path / "boot.qcow2", "16M"), empty_qcow2(tmp_path / "data.qcow2", "64M")
+    with VirtualMachine("vm", boot, "qcow2", tmp_path / "vm", config.load().arch.qemu, "tcg", 128,
+                        drives=[Drive(data, "qcow2", name="data")]) as vm:
+        deadline = time.monotonic() + 60
+        while not vm.monitor_socket.exists():
+            assert vm.running() and time.monotonic() < deadline, vm.console_tail()
+            time.sleep(0.2)
+        assert monitor_command(vm.monitor_socket, "block_resize", {"device": "data", "size": 128 * 2**20}) == {}
+        with pytest.raises(SysvmError, match=r"QEMU's monitor refused block_resize: .*nowhere"):
+            monitor_command(vm.monitor_socket, "block_resize", {"device": "nowhere", "size": 2**20})
+    assert not vm.monitor_socket.exists() and not vm.running()
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(data)], capture_output=True,
+                                     check=True).stdout)
+    assert info["virtual-size"] == 128 * 2**20
 
 
 def test_each_role_boots_once_and_every_artifact_boots():

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from sysvm.qemu import monitor_command
+
 LEGACY_TOOLS = ("iptables", "ip6tables", "arptables", "ebtables")
 # What kubeadm's preflight looks for on a node, beside the container runtime (and crictl, from the ISO).
 KUBEADM_PREFLIGHT_TOOLS = ("conntrack", "ip", "iptables", "mount", "nsenter", "ebtables", "ethtool", "socat", "tc",
@@ -78,6 +80,15 @@ def test_set_up_as_cloudstack_s_setup_does(provisioned, expect):
     assert provisioned.run("hostname").stdout.strip() == expect["values"]["name"]
 
 
+def test_the_role_was_set_up_by_cloudstack_s_scripts_when_the_image_has_them(provisioned, expect):
+    log = provisioned.file("/var/log/cloud.log").content_string
+    if expect["image_has_cloudstack_scripts"]:
+        assert "handing over to the image's CloudStack scripts" in log, log[-2000:]
+        assert {"sharedfsvm": "Setting up sharedfsvm", "cksnode": "Setting up k8s node"}[expect["role"]] in log
+    else:
+        assert f"the image's own {expect['role']} setup stands" in log, log[-2000:]
+
+
 def test_only_the_role_s_runtime_runs(provisioned, expect):
     services = {"sharedfsvm": "nfs-server", "cksnode": "containerd"}
     for role, service in services.items():
@@ -133,6 +144,27 @@ def test_a_client_outside_the_vm_writes_and_reads_a_file_over_nfs(provisioned, e
     provisioned.run("sh -c 'echo written on the VM > /export/from-vm.txt'")
     read = local.run(f"{in_namespace} nfs-cat '{share}/from-vm.txt?version=4'")
     assert read.rc == 0 and read.stdout == "written on the VM\n", read.stdout + read.stderr
+
+
+def test_the_file_system_grows_when_its_data_disk_grows(provisioned, expect):
+    """The disk grows under the running VM as a KVM host grows a volume (libvirt's blockresize is QEMU's
+    block_resize); the kernel's change event meets the user data's udev rule, whose resize-sharedfs@
+    unit grows the file system (xfs_growfs or resize2fs) while it stays exported."""
+    _role(expect, "sharedfsvm")
+    grown_mib = 2 * expect["data_disk_mib"]
+    monitor_command(Path(expect["monitor_socket"]), "block_resize",
+                    {"device": expect["data_drive"], "size": grown_mib * 2**20})
+
+    def size_mib() -> int:
+        return int(provisioned.run("df -B1M --output=size /export").stdout.split()[-1])
+
+    deadline = time.monotonic() + 300  # a oneshot unit started by udev, under emulation
+    while size_mib() < 0.9 * grown_mib:
+        assert time.monotonic() < deadline, f"/export is {size_mib()} MiB, not about {grown_mib}, after 300 s"
+        time.sleep(5)
+    journal = provisioned.run("journalctl -b -u resize-sharedfs@vdb.service --no-pager").stdout
+    assert "Finished running resize script." in provisioned.file("/var/log/userdata.log").content_string, journal
+    assert re.search(r"^/export\s+\*$", provisioned.run("showmount -e localhost").stdout, re.M)
 
 
 # -------------------------------------------------------------------------------------- Kubernetes node
