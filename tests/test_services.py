@@ -59,7 +59,8 @@ def handed_to_suites(loaded: config.Config, role: str, workspace: Workspace,
                workspace_: Workspace, check: typing.Callable[..., None], tree: object = None) -> verify.Outcome:
         key_file, public_key = verify.management_key(workspace_.verify / "keys")
         outcome = verify.Outcome(name, artifact.name, role_)
-        check(types.SimpleNamespace(name=name, ssh_port=2222, started_at=time.monotonic()),
+        check(types.SimpleNamespace(name=name, ssh_port=2222, started_at=time.monotonic(),
+                                    monitor_socket=workspace_.verify / f"{name}-qmp.sock"),
               verify.role_boot(role_, public_key), key_file, outcome)
         return outcome
 
