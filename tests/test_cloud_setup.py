@@ -456,8 +456,11 @@ def test_a_user_vm_role_is_set_up_as_cloudstack_s_setup_does_and_rerun_changes_n
     for tool in ("iptables", "ip6tables", "arptables", "ebtables"):
         (root / f"usr/sbin/{tool}-legacy").parent.mkdir(parents=True, exist_ok=True)
         (root / f"usr/sbin/{tool}-legacy").write_text("")
+    (root / "etc/cloud").mkdir(parents=True, exist_ok=True)
+    (root / "etc/cloud/cloud-init.disabled").write_text("")
     paths, line = Paths(root), parse(USER_VM_LINES[role])
     Setup(paths, line, "kvm", system).apply()
+    assert not (root / "etc/cloud/cloud-init.disabled").exists()
     assert re.search(r"(?m)^Port 22$", (root / "etc/ssh/sshd_config").read_text())
     assert "ListenAddress" not in (root / "etc/ssh/sshd_config.d/10-cloudstack-control.conf").read_text()
     assert (root / "root/.ssh/authorized_keys").read_text() == ""
@@ -479,3 +482,23 @@ def test_a_user_vm_role_is_set_up_as_cloudstack_s_setup_does_and_rerun_changes_n
     before = snapshot(root)
     assert Setup(paths, parse(USER_VM_LINES[role]), "kvm", FakeSystem(system.enabled)).apply() == []
     assert snapshot(root) == before
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("packaged, alias", [
+    (["lib/systemd/system/cloud-init.service", "lib/systemd/system/cloud-config.service"], False),  # bookworm
+    (["usr/lib/systemd/system/cloud-init-main.service", "usr/lib/systemd/system/cloud-init-network.service"], True),
+])
+def test_cloudstack_s_name_for_cloud_init_starts_its_stages_whatever_they_are_called(packaged, alias, root, system):
+    """CloudStack's sharedfsvm.sh and cksnode.sh run `systemctl start cloud-init`: where cloud-init names that
+    stage cloud-init-network (24.3 and later), the setup writes a unit under the old name that pulls in the new
+    ones; where the packaged unit has the old name, nothing stands in front of it."""
+    for unit in packaged:
+        (root / unit).parent.mkdir(parents=True, exist_ok=True)
+        (root / unit).write_text("[Unit]\n")
+    Setup(Paths(root), parse(USER_VM_LINES["cksnode"]), "kvm", system).apply()
+    written = root / "etc/systemd/system/cloud-init.service"
+    assert written.exists() == alias
+    if alias:
+        wants = re.search(r"(?m)^Wants=(.*)$", written.read_text()).group(1).split()
+        assert wants == ["cloud-init-main.service", "cloud-init-local.service", "cloud-init-network.service"]

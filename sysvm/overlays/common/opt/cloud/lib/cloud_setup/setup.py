@@ -20,6 +20,24 @@ log = logging.getLogger("cloud_setup")
 
 CLOUD_INIT_DATASOURCES = "etc/cloud/cloud.cfg.d/cloudstack.cfg"
 HEADER = "# Written at boot by sysvm-setup from the CloudStack command line; edits are overwritten.\n"
+CLOUD_INIT_OFF = "etc/cloud/cloud-init.disabled"  # keeps cloud-init off at boot in the other roles
+PACKAGED_UNITS = ("usr/lib/systemd/system", "lib/systemd/system")  # where Debian's packages put units
+# cloud-init 24.3 and later (trixie) run every stage in one process, cloud-init-main, and renamed
+# cloud-init.service cloud-init-network.service; CloudStack's sharedfsvm.sh and cksnode.sh start it by
+# the old name. Where only the new names exist, the old one pulls in the new stages.
+CLOUD_INIT_ALIAS = "etc/systemd/system/cloud-init.service"
+CLOUD_INIT_ALIAS_UNIT = """\
+# Written at boot by sysvm-setup: this cloud-init names its stages differently.
+[Unit]
+Description=cloud-init up to its network stage, under the name CloudStack's scripts start
+Wants=cloud-init-main.service cloud-init-local.service cloud-init-network.service
+After=cloud-init-network.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+"""
 
 
 @dataclass
@@ -220,12 +238,22 @@ class Setup:
         self._write(sysctl_file, HEADER + "".join(f"{key} = {value}\n" for key, value in settings))
         if self.runner(["sysctl", "-p", str(self.paths / sysctl_file)]) is None:
             log.error("sysctl rejected %s", self.paths / sysctl_file)
+        # cloud-init runs when started (newer units skip while cloud-init.disabled exists), by either name.
+        off = self.paths / CLOUD_INIT_OFF
+        if off.exists():
+            off.unlink()
+            self.changed.append(off)
+        if self._packaged("cloud-init-network.service") and not self._packaged("cloud-init.service"):
+            self._write(CLOUD_INIT_ALIAS, CLOUD_INIT_ALIAS_UNIT)
         # cloud-init reads the ConfigDrive the host attaches; ds-identify is not asked (the image disables it).
         self._write("etc/cloud/ds-identify.cfg", "policy: enabled\n")
         datasources = self.paths / CLOUD_INIT_DATASOURCES
         current = datasources.read_text() if datasources.is_file() else "datasource_list: ['CloudStack']\n"
         self._write(CLOUD_INIT_DATASOURCES, re.sub(r"(?m)^datasource_list: .*$",
                                                    "datasource_list: ['ConfigDrive', 'CloudStack']", current))
+
+    def _packaged(self, unit: str) -> bool:
+        return any((self.paths / folder / unit).exists() for folder in PACKAGED_UNITS)
 
     def agent_bundle_present(self) -> bool:
         return any(self.paths.agent_bundle.rglob("*.jar")) if self.paths.agent_bundle.is_dir() else False
