@@ -14,7 +14,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysvm import log, metadata, ovf, pieces
+from sysvm import log, metadata, ovf, pieces, sbom
+from sysvm.cli import version
 from sysvm.cloudstack import locate
 from sysvm.config import Config
 from sysvm.errors import SysvmError
@@ -38,6 +39,7 @@ class Artifacts:
     folder: Path
     files: dict[str, Path]  # hypervisor -> artifact
     report: Path
+    sbom: Path
     metadata: Path | None = None  # metadata.ini, when cloudstack.version has a known layout
 
 
@@ -209,9 +211,10 @@ def _artifact_with_checksums(config: Config, hypervisor: str, image: Path, stagi
 
 
 def code_digest() -> str:
-    """The code that makes the artifacts (this module, the pieces, the OVA): a change to it makes them again."""
+    """The code that makes the release folder (this module, the pieces, the OVA, the SBOM): a change to it
+    makes the folder again."""
     digest = hashlib.sha256()
-    for source in (__file__, pieces.__file__, ovf.__file__):
+    for source in (__file__, pieces.__file__, ovf.__file__, sbom.__file__):
         digest.update(Path(str(source)).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -267,10 +270,10 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
     folder = workspace.artifacts
     names = {hypervisor: artifact_name(config, hypervisor) for hypervisor in config.hypervisors}
     meta_path = folder / metadata.FILE_NAME
-    result = Artifacts(folder, {h: folder / n for h, n in names.items()}, folder / REPORT,
+    result = Artifacts(folder, {h: folder / n for h, n in names.items()}, folder / REPORT, folder / sbom.FILE_NAME,
                        meta_path if config.export.metadata_format_for(config.cloudstack.version) else None)
     previous = _previous(folder)
-    missing = [path.name for path in result.files.values() if not path.is_file()]
+    missing = [path.name for path in (*result.files.values(), result.sbom) if not path.is_file()]
     if previous.get("export_key") == key and not missing and not force:
         log.say(f"export: up to date ({folder})")
         _refresh_metadata(config, folder, previous)
@@ -278,7 +281,8 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
     recorded = previous.get("export_inputs")
     log.say(f"export: {reason(recorded if isinstance(recorded, dict) else None, inputs, force, missing)}")
     # An older set must not sit beside a half-made new one looking finished.
-    for stale in [*previous.get("artifacts", {}), REPORT, *CHECKSUM_FILES.values(), PACKAGES, metadata.FILE_NAME]:
+    for stale in [*previous.get("artifacts", {}), REPORT, *CHECKSUM_FILES.values(), PACKAGES, metadata.FILE_NAME,
+                  sbom.FILE_NAME]:
         (folder / str(stale)).unlink(missing_ok=True)
     started = time.monotonic()
     staging = scratch_dir(folder, ".staging-")
@@ -303,7 +307,10 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
             (staging / metadata.FILE_NAME).write_text(meta.text)
             listing.append(staging / metadata.FILE_NAME)
         shutil.copyfile(rootfs.packages, staging / PACKAGES)
-        for path in [*made, *listing, staging / PACKAGES]:
+        log.say(f"export: writing {sbom.FILE_NAME}")
+        in_sbom = sbom.write(staging / sbom.FILE_NAME, config, rootfs.tarball, rendered, artifacts, stamp.time,
+                             version())
+        for path in [*made, *listing, staging / PACKAGES, staging / sbom.FILE_NAME]:
             os.replace(path, folder / path.name)
     finally:
         remove_tree(staging)
@@ -325,6 +332,7 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
         "debian_suites": rootfs.suites, "without_security": rootfs.without_security,
         "artifacts": artifacts,
         "metadata": meta.report() if meta is not None else None,
+        "sbom": {"file": sbom.FILE_NAME, "format": "SPDX-2.3", "packages": in_sbom},
     }
     atomic_write(result.report, json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, info in sorted(artifacts.items()):

@@ -28,6 +28,7 @@ from sysvm.rootfs import Rootfs
 from sysvm.stage import as_recorded, changes, key_of
 from sysvm.workspace import Workspace
 from tests.disks import empty_qcow2
+from tests.rootfs_tar import INSTALLED, write_rootfs_tar
 from tests.terminal import messages
 
 MIB = 2**20
@@ -37,9 +38,8 @@ MIB = 2**20
 def provisioned(tmp_path) -> tuple[FinalImage, Rootfs]:
     image = empty_qcow2(tmp_path / "systemvm.qcow2", "48M")
     subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 2M", str(image)], check=True, capture_output=True)
-    packages = tmp_path / "packages.txt"
-    packages.write_text("openssh-server\t1:9.2p1-2\tamd64\n")
-    return FinalImage("k" * 16, image), Rootfs("r" * 16, tmp_path / "rootfs.tar", packages)
+    tarball, packages = write_rootfs_tar(tmp_path)
+    return FinalImage("k" * 16, image), Rootfs("r" * 16, tarball, packages)
 
 
 def test_names_follow_the_version_as_upstream():
@@ -66,7 +66,8 @@ def test_export_makes_every_artifact_with_checksums_and_report(provisioned, work
     folder = workspace.artifacts
     names = {h: export.artifact_name(cfg, h) for h in cfg.export.hypervisors}
     assert {p.name for p in folder.iterdir()} == {*names.values(), "md5sum.txt", "sha512sum.txt",
-                                                  "packages.txt", "build-report.json", "metadata.ini"}
+                                                  "packages.txt", "build-report.json", "metadata.ini",
+                                                  "sbom.spdx.json"}
     assert result.metadata == folder / "metadata.ini"
     for algorithm, listing in (("md5", "md5sum.txt"), ("sha512", "sha512sum.txt")):
         lines = dict(reversed(line.split("  ")) for line in (folder / listing).read_text().splitlines())
@@ -91,6 +92,11 @@ def test_export_makes_every_artifact_with_checksums_and_report(provisioned, work
     assert report["virtual_size"] == 48 * MIB and report["durations_s"]["rootfs"] == 1.0
     assert set(report["artifacts"]) == set(names.values())
     assert report["tools"]["qemu-img"].startswith("qemu-img version")
+    assert report["sbom"] == {"file": "sbom.spdx.json", "format": "SPDX-2.3", "packages": len(INSTALLED)}
+    in_sbom = json.loads((folder / "sbom.spdx.json").read_text())
+    assert {(p["name"], tuple(c["checksumValue"] for c in p["checksums"])) for p in in_sbom["packages"]
+            if "packageFileName" in p} == {(name, (info["md5"], info["sha512"]))
+                                           for name, info in report["artifacts"].items()}
     assert report["name_pattern"] == "systemvmtemplate-{version}-{arch}-{hypervisor}"
     ini = (folder / "metadata.ini").read_text()
     assert report["metadata"] == {"file": "metadata.ini", "format_from_version": "4.20.0",

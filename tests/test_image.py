@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from spdx_tools.spdx.parser.parse_anything import parse_file
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from sysvm import config
+from sysvm import config, sbom
 from sysvm.build import build
 from sysvm.cloudstack import locate
 from sysvm.errors import SysvmError
@@ -70,6 +72,25 @@ def test_every_artifact_is_sound_and_holds_the_same_disk(default_build):
         compare = subprocess.run(["qemu-img", "compare", "-f", reference_format, "-F", fmt, str(reference), str(disk)],
                                  capture_output=True, text=True)
         assert compare.returncode == 0, f"{hypervisor}: {compare.stdout}{compare.stderr}"
+
+
+def test_the_sbom_lists_every_installed_package_and_a_validator_accepts_it(default_build):
+    cfg, workspace = default_build
+    path = workspace.artifacts / sbom.FILE_NAME
+    assert validate_full_spdx_document(parse_file(str(path))) == []
+    document = json.loads(path.read_text())
+    debs = [package for package in document["packages"] if package["SPDXID"].startswith("SPDXRef-deb-")]
+    listed = [tuple(line.split("\t")) for line in (workspace.artifacts / "packages.txt").read_text().splitlines()]
+    arch = {package["name"]: package["externalRefs"][0]["referenceLocator"].split("arch=")[1].split("&")[0]
+            for package in debs}
+    assert len(debs) == len(listed)
+    assert {(package["name"], package["versionInfo"], arch[package["name"]]) for package in debs} == set(listed)
+    # The image keeps its copyright files: most of them are machine-readable, so most packages name a license.
+    licensed = [package for package in debs if package["licenseDeclared"] != "NOASSERTION"]
+    assert len(licensed) > 0.75 * len(debs), f"{len(licensed)} of {len(debs)} packages name a license"
+    sha512 = dict(reversed(line.split("  ")) for line in (workspace.artifacts / "sha512sum.txt").read_text().splitlines())
+    assert {package["packageFileName"]: package["checksums"][1]["checksumValue"] for package in document["packages"]
+            if "packageFileName" in package} == sha512
 
 
 def test_rebuild_with_nothing_changed_does_no_work(default_build):
