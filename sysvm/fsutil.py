@@ -8,6 +8,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,10 @@ SYSTEM_FOLDERS = frozenset({"/", "/etc", "/root", "/usr", "/var", "/boot", "/bin
                             "/lib64", "/libx32", "/home", "/opt", "/srv", "/proc", "/sys", "/dev", "/run",
                             "/tmp", "/mnt", "/media"})
 SYSTEM_TREES = ("/etc", "/proc", "/sys", "/dev", "/boot", "/run")
+# The temporary's name holds the pid, not the thread: two threads of one process that make the same final
+# path (two exports compressing an identical piece into the content-addressed cache) take turns.
+_writers: dict[Path, threading.Lock] = {}
+_writers_guard = threading.Lock()
 
 
 @contextmanager
@@ -33,15 +38,18 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only if the block succeeds."""
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = final.with_name(f".{final.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    remove_tree(temporary)
-    try:
-        yield temporary
-        if final.is_dir() and not final.is_symlink():
-            _replace_dir(temporary, final)
-        else:
-            os.replace(temporary, final)
-    finally:
+    with _writers_guard:
+        turn = _writers.setdefault(temporary.absolute(), threading.Lock())
+    with turn:
         remove_tree(temporary)
+        try:
+            yield temporary
+            if final.is_dir() and not final.is_symlink():
+                _replace_dir(temporary, final)
+            else:
+                os.replace(temporary, final)
+        finally:
+            remove_tree(temporary)
 
 
 def _replace_dir(temporary: Path, final: Path) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -193,3 +194,27 @@ def test_a_scratch_folder_with_mounts_inside_is_unmounted_not_emptied_through_th
     finally:
         for point in mounts_under(tmp_path):
             subprocess.run(["umount", "--lazy", point], check=False)
+
+
+def test_two_threads_making_the_same_path_take_turns(tmp_path):
+    final, inside = tmp_path / "piece.bz2", threading.Event()
+    failures: list[BaseException] = []
+
+    def write(payload: bytes, hold: float) -> None:
+        try:
+            with atomic_path(final) as temporary:
+                temporary.write_bytes(payload)
+                inside.set()
+                time.sleep(hold)  # the other thread arrives while this one's temporary is in place
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion below
+            failures.append(error)
+
+    first = threading.Thread(target=write, args=(b"first", 0.3))
+    first.start()
+    inside.wait(10)
+    write(b"second", 0)
+    first.join()
+
+    assert failures == []
+    assert final.read_bytes() == b"second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["piece.bz2"]
