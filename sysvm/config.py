@@ -148,6 +148,7 @@ class Release:
     mirror: Annotated[str, RELEASE_MIRROR] = ""  # when set, the release's default mirror (buster: the archive)
     security_mirror: Annotated[str, RELEASE_MIRROR] = ""
     without_security: bool = False  # build without the security suite: only on the user's explicit say-so
+    merge_usr: bool = False  # mmdebstrap merges /usr (releases before bookworm, where dpkg does not)
     package_renames: dict[str, Package] = field(default_factory=dict)
     packages_dropped: list[Package] = field(default_factory=list)
 

@@ -290,5 +290,9 @@ def test_bullseye_without_security_is_warned_about_recorded_and_simulates(worksp
                                         workspace.root / "packages.txt")
     assert [part for part in command if part.startswith("deb ")] == [suite.source() for suite in rootfs.suites(
         configuration)] and not any(part.startswith("deb ") and "security" in part for part in command)
+    # Before bookworm dpkg does not merge /usr, and CloudStack's scripts call /usr/sbin/dhclient.
+    assert f"--hook-dir={rootfs.MERGED_USR_HOOKS}" in command
+    assert not any(part.startswith("--hook-dir") for part in rootfs.mmdebstrap_command(
+        load("debian.release=bookworm"), cache, workspace.root / "rootfs.tar", workspace.root / "packages.txt"))
     # apt resolves the whole package set from the two suites left, and nothing is installed.
     run([command[0], "--simulate", *command[1:]], capture=True, timeout=300)
