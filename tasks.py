@@ -75,6 +75,13 @@ def matrix(c: Context, config: str = "", set_: list[str] | None = None, release:
     cli.matrix(config, set_ or [], release or [], cloudstack)
 
 
+@task(help={"old": HELP["old"], "new": HELP["new"], "json": HELP["json"]})
+@summary(cli.diff)
+def diff(c: Context, old: str, new: str, json: bool = False) -> None:
+    if different := cli.diff(old, new, json):
+        raise SystemExit(different)
+
+
 @task(iterable=["set_"], help=CONFIG_HELP)
 @summary(cli.validate)
 def validate(c: Context, config: str = "", set_: list[str] | None = None) -> None:

@@ -75,6 +75,9 @@ HELP = {
     "release": "a Debian release to build and verify (repeatable), e.g. --release bookworm --release trixie",
     "matrix_cloudstack": "a CloudStack source tree: also start each role as a 4.17+ host does, with its scripts",
     "all": "also remove the download cache (output/cache), and output/ itself once nothing else is in it",
+    "old": "an artifact, or a release folder (output/artifacts)",
+    "new": "an artifact or release folder of the same kind, to compare with OLD",
+    "json": "print the report as JSON (for a pipeline) instead of text",
     "seed": "cloud-install-sys-tmplt options, e.g. -m /mnt/secondary -f FILE -h kvm",
 }
 
@@ -130,6 +133,20 @@ def matrix(config_file: str, overrides: Sequence[str], releases: Sequence[str], 
     from sysvm.matrix import matrix as run_matrix
 
     guarded(lambda: run_matrix(config_file, list(overrides), list(releases), cloudstack))
+
+
+def diff(old: str, new: str, as_json: bool = False) -> int:
+    """Compare two artifacts or two release folders: packages, files and artifact sizes; exit 0 when identical, 1 when not."""
+    from sysvm.diff import compare
+
+    def run_diff() -> int:
+        workspace = Workspace()
+        workspace.mark()
+        report = compare(Path(old), Path(new), workspace.build / "tmp")
+        print(report.as_json() if as_json else report.as_text(), end="")
+        return 0 if report.identical else 1
+
+    return guarded(run_diff)
 
 
 def _size(count: int) -> str:
@@ -252,6 +269,11 @@ def parser() -> argparse.ArgumentParser:
     releases.add_argument("--release", action="append", default=[], help=HELP["release"])
     releases.add_argument("--cloudstack", default="", metavar="PATH", help=HELP["matrix_cloudstack"])
     releases.set_defaults(run=lambda a: matrix(a.config, a.set, a.release, a.cloudstack))
+    comparing = command("diff", diff)
+    comparing.add_argument("old", metavar="OLD", help=HELP["old"])
+    comparing.add_argument("new", metavar="NEW", help=HELP["new"])
+    comparing.add_argument("--json", action="store_true", help=HELP["json"])
+    comparing.set_defaults(run=lambda a: diff(a.old, a.new, a.json))
     command("validate", validate, configured).set_defaults(run=lambda a: validate(a.config, a.set))
     cleaning = command("clean", clean)
     cleaning.add_argument("--all", action="store_true", help=HELP["all"])
