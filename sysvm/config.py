@@ -110,6 +110,9 @@ NAME_PATTERN_OR_EMPTY = Text(NAME_PATTERN.expected + ", or empty", f"({NAME_PATT
 TEMPLATE_NAME = Text("a template name of letters, digits, '.', '_', '-' and {placeholders}", r"[A-Za-z0-9._{}-]+")
 DOWNLOAD_URL = Text("a URL such as https://download.example.org/systemvm/{major}.{minor}/",
                     r"https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~%+{}/-]*)?")
+SIGNING_KEY = Text("a GnuPG key id or fingerprint (8 to 40 hexadecimal digits) or the path of a secret key "
+                   "file, or empty", r"[^\x00-\x1f\x7f]*",
+                   lambda value: not value or value[0] != "-")  # gpg would read a leading - as an option
 LOCAL_PATH = Text("a path of printable characters, or empty", r"[^\x00-\x1f\x7f]*")
 
 Version = Annotated[str, VERSION]
@@ -148,7 +151,7 @@ class Release:
     mirror: Annotated[str, RELEASE_MIRROR] = ""  # when set, the release's default mirror (buster: the archive)
     security_mirror: Annotated[str, RELEASE_MIRROR] = ""
     without_security: bool = False  # build without the security suite: only on the user's explicit say-so
-    merge_usr: bool = False  # mmdebstrap merges /usr (releases before bookworm, where dpkg does not)
+    merge_usr: bool = False  # /bin, /sbin, /lib... are links into /usr (before bookworm, no package makes them)
     package_renames: dict[str, Package] = field(default_factory=dict)
     packages_dropped: list[Package] = field(default_factory=list)
 
@@ -175,6 +178,8 @@ class Architecture:
     grub_platform: Annotated[str, WORD]  # i386-pc, arm64-efi: the folder of GRUB's modules in the image
     serial_console: Annotated[str, SERIAL_CONSOLE]  # ttyS0, ttyAMA0: also in the shell-sourced /etc/default/grub
     qemu: QemuMachine
+    # With releases.<r>.merge_usr, the top-level folders made links into /usr before anything is installed
+    usr_merged_folders: list[Annotated[str, WORD]] = field(default_factory=lambda: ["bin", "sbin", "lib"])
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,7 @@ class Export:
         VMWARE_HARDWARE_VERSIONS.start, VMWARE_HARDWARE_VERSIONS.stop - 1, what="a VMware virtual hardware version")]
     metadata_formats: list[MetadataFormat] = field(default_factory=list)  # by version, as name_patterns
     name_pattern: Annotated[str, NAME_PATTERN_OR_EMPTY] = ""  # when set, used for every version instead of name_patterns
+    signing_key: Annotated[str, SIGNING_KEY] = ""  # GnuPG key id or fingerprint, or a secret key file; empty: unsigned
 
     def name_pattern_for(self, version: str) -> str:
         chosen = applying(self.name_patterns, version)

@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysvm import log, metadata, ovf, pieces, sbom
+from sysvm import log, metadata, ovf, pieces, sbom, signing
 from sysvm.cli import version
 from sysvm.cloudstack import locate
 from sysvm.config import Config
@@ -26,11 +26,11 @@ from sysvm.ovf import write_ova
 from sysvm.process import output, run
 from sysvm.render import RenderedTree
 from sysvm.rootfs import Rootfs
+from sysvm.signing import CHECKSUM_FILES
 from sysvm.stage import as_recorded, key_of, reason
 from sysvm.workspace import Workspace
 
 REPORT = "build-report.json"
-CHECKSUM_FILES = {"md5": "md5sum.txt", "sha512": "sha512sum.txt"}
 PACKAGES = "packages.txt"
 
 
@@ -224,7 +224,8 @@ def export_inputs(config: Config, final: FinalImage) -> dict[str, object]:
     return {"overlay": final.key, "code": code_digest(), "export.hypervisors": config.hypervisors,
             "export.name_pattern": name_pattern(config),
             "export.vmware_hardware_version": config.export.vmware_hardware_version,
-            "cloudstack.version": config.cloudstack.version, "debian.architecture": config.debian.architecture}
+            "cloudstack.version": config.cloudstack.version, "debian.architecture": config.debian.architecture,
+            "export.signing_key": config.export.signing_key}
 
 
 def _refresh_metadata(config: Config, folder: Path, report: dict[str, object]) -> None:
@@ -273,7 +274,10 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
     result = Artifacts(folder, {h: folder / n for h, n in names.items()}, folder / REPORT, folder / sbom.FILE_NAME,
                        meta_path if config.export.metadata_format_for(config.cloudstack.version) else None)
     previous = _previous(folder)
-    missing = [path.name for path in (*result.files.values(), result.sbom) if not path.is_file()]
+    signatures = [signing.signature_of(Path(name)).name for name in CHECKSUM_FILES.values()]
+    missing = [path.name for path in (*result.files.values(), result.sbom,
+                                      *(folder / name for name in signatures if config.export.signing_key))
+               if not path.is_file()]
     if previous.get("export_key") == key and not missing and not force:
         log.say(f"export: up to date ({folder})")
         _refresh_metadata(config, folder, previous)
@@ -281,8 +285,8 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
     recorded = previous.get("export_inputs")
     log.say(f"export: {reason(recorded if isinstance(recorded, dict) else None, inputs, force, missing)}")
     # An older set must not sit beside a half-made new one looking finished.
-    for stale in [*previous.get("artifacts", {}), REPORT, *CHECKSUM_FILES.values(), PACKAGES, metadata.FILE_NAME,
-                  sbom.FILE_NAME]:
+    for stale in [*previous.get("artifacts", {}), REPORT, *CHECKSUM_FILES.values(), *signatures, PACKAGES,
+                  metadata.FILE_NAME, sbom.FILE_NAME]:
         (folder / str(stale)).unlink(missing_ok=True)
     started = time.monotonic()
     staging = scratch_dir(folder, ".staging-")
@@ -302,6 +306,11 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
             (staging / filename).write_text("".join(f"{info[algorithm]}  {name}\n"
                                                     for name, info in sorted(artifacts.items())))
         listing = [staging / f for f in CHECKSUM_FILES.values()]
+        signer = None
+        if config.export.signing_key:
+            log.say(f"export: signing {', '.join(CHECKSUM_FILES.values())} with {config.export.signing_key}")
+            signer = signing.sign(listing, config.export.signing_key)
+            listing += [signing.signature_of(path) for path in listing]
         meta = render_metadata(config, artifacts)
         if meta is not None:
             (staging / metadata.FILE_NAME).write_text(meta.text)
@@ -333,6 +342,7 @@ def export(config: Config, final: FinalImage, rendered: RenderedTree, rootfs: Ro
         "artifacts": artifacts,
         "metadata": meta.report() if meta is not None else None,
         "sbom": {"file": sbom.FILE_NAME, "format": "SPDX-2.3", "packages": in_sbom},
+        "signatures": {"key": signer, "files": signatures} if signer else None,
     }
     atomic_write(result.report, json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, info in sorted(artifacts.items()):

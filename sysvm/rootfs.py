@@ -275,7 +275,9 @@ def rootfs_inputs(config: Config, wanted: list[Suite]) -> dict[str, object]:
     return {"debian.release": config.debian.release, "debian.architecture": config.debian.architecture,
             "apt sources": [suite.source() for suite in wanted], **package_inputs(config),
             "path_excludes": config.path_excludes, "path_includes": config.path_includes,
-            f"releases.{config.debian.release}.merge_usr": config.release.merge_usr}
+            f"releases.{config.debian.release}.merge_usr": config.release.merge_usr,
+            **({f"architectures.{config.debian.architecture}.usr_merged_folders": config.arch.usr_merged_folders}
+               if config.release.merge_usr else {})}
 
 
 def _indexes_input(suite: str) -> str:
@@ -352,7 +354,6 @@ def plan(config: Config, workspace: Workspace, force: bool = False) -> tuple[Roo
 
 
 _INITRAMFS = "/usr/sbin/update-initramfs"
-MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 _DIVERT = 'chroot "$1" dpkg-divert --quiet --local --rename'
 
 
@@ -362,7 +363,9 @@ def mmdebstrap_command(config: Config, cache: Path, target: Path, manifest: Path
     command += [f"--dpkgopt=path-exclude={glob}" for glob in config.path_excludes]
     command += [f"--dpkgopt=path-include={glob}" for glob in config.path_includes]
     if config.release.merge_usr:  # bookworm and later come merged through usr-is-merged
-        command.append(f"--hook-dir={MERGED_USR_HOOKS}")
+        links = " ".join(f'&& mkdir -p "$1"/usr/{folder} && ln -s usr/{folder} "$1"/{folder}'
+                         for folder in config.arch.usr_merged_folders)
+        command.append(f"--setup-hook=true {links}")
     quoted_cache, quoted_manifest = shlex.quote(str(cache)), shlex.quote(str(manifest))
     command += [
         # dpkg still creates the man page links of update-alternatives; their folder must exist.

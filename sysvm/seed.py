@@ -46,6 +46,8 @@ from sysvm.errors import SysvmError
 from sysvm.fsutil import remove_tree
 from sysvm.hypervisors import BY_CLOUDSTACK_NAME, HYPERVISORS
 from sysvm.imageinfo import header_virtual_size
+from sysvm.signing import CHECKSUM_FILES
+from sysvm.signing import check as check_signature
 
 EXIT_NO_SPACE = 4
 EXIT_FAILURE = 2
@@ -115,6 +117,9 @@ def parser() -> argparse.ArgumentParser:
                               "needs -s)")
     options.add_argument("--checksum", metavar="HEX",
                          help="MD5, SHA-256 or SHA-512 of the file, verified before installing")
+    options.add_argument("--keyring", metavar="FILE",
+                         help="OpenPGP public keys to check the signatures of the checksum lists beside -f "
+                              "(sha512sum.txt.asc, md5sum.txt.asc) with; default: the user's GnuPG keyring")
     options.add_argument("--db-properties", metavar="PATH", default=str(DB_PROPERTIES),
                          help=f"default: {DB_PROPERTIES}")
     options.add_argument("--help", action="store_true", help="show this text and exit 0")
@@ -186,7 +191,7 @@ OPTION_CHECKS: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("-m", "mount", path_value), ("-f", "file", path_value), ("-u", "url", url_value),
     ("-t", "template_id", template_id_value), ("-o", "db_host", host_value), ("-r", "db_user", user_value),
     ("-p", "db_port", port_value), ("--checksum", "checksum", digest_value),
-    ("--db-properties", "db_properties", path_value))
+    ("--keyring", "keyring", path_value), ("--db-properties", "db_properties", path_value))
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -381,18 +386,20 @@ def update_template_row(database: Database, template_id: int, template_uuid: str
 # ------------------------------------------------------------------------------------------------ content
 
 
-def expected_digests(file: Path | None, given: str | None) -> list[tuple[str, str]]:
+def expected_digests(file: Path | None, given: str | None, keyring: Path | None = None) -> list[tuple[str, str]]:
     """(where it is stated, digest): --checksum, else the lines of sha512sum.txt and md5sum.txt beside the -f
-    file that name it. Read before the mount is touched, so that a bad line stops the run first."""
+    file that name it, each list believed only if its signature beside it (.asc), when there is one, is good
+    by `keyring` (else the user's). Read before the mount is touched, so that a bad line stops the run first."""
     if given:
         return [("given with --checksum", given)]
     if file is None:
         return []
     found = []
-    for listing in ("sha512sum.txt", "md5sum.txt"):
+    for listing in reversed(CHECKSUM_FILES.values()):  # the stronger first
         sums = file.parent / listing
         if not sums.is_file():
             continue
+        check_signature(sums, keyring)
         for number, line in enumerate(sums.read_text(errors="replace").splitlines(), 1):
             parts = line.split()
             if len(parts) == 2 and parts[1].lstrip("*") == file.name:
@@ -899,7 +906,7 @@ def install(args: argparse.Namespace) -> str:
             "doesn't exist"  # upstream's words
         raise SysvmError(f"mount point {_shown(str(mount))} {problem}")
     source, label, name = _template_source(args)
-    digests = expected_digests(source, args.checksum)
+    digests = expected_digests(source, args.checksum, args.keyring)
     templates = mount / "template/tmpl/1"
     missing = _template_folders(mount)
 

@@ -37,6 +37,8 @@ DEBIAN_PACKAGES = {
     "nfs-cp": "libnfs-utils",
     "nfs-cat": "libnfs-utils",
     "/usr/lib/cni/bridge": "containernetworking-plugins",
+    "gpg": "gpg",
+    "gpgconf": "gpgconf",
 }
 
 STAGE_TOOLS = {
@@ -50,6 +52,7 @@ STAGE_TOOLS = {
     "verify-user-vms": ("genisoimage", "ip", "nfs-cp", "nfs-cat", "/usr/lib/cni/bridge"),
 }
 BOOTING_STAGES = ("packer", "verify")
+SIGNING_TOOLS = ("gpg", "gpgconf")  # export with export.signing_key
 EFI_DISK_TOOLS = ("mkfs.fat", "mmd", "mcopy")
 
 
@@ -74,6 +77,8 @@ def require(stages: Sequence[str], config: Config) -> None:
     """Stop before any work when a tool is missing, naming the package that provides it."""
     wanted = {tool for stage in stages for tool in STAGE_TOOLS[stage]}
     wanted |= architecture_tools(stages, config.arch, config.debian.architecture != host_architecture())
+    if "export" in stages and config.export.signing_key:
+        wanted |= set(SIGNING_TOOLS)
     missing = sorted(tool for tool in wanted if not _present(tool))
     if missing:
         packages = sorted({DEBIAN_PACKAGES[tool] for tool in missing})

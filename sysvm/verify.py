@@ -45,6 +45,7 @@ from sysvm.kvmhost import (
 from sysvm.process import run
 from sysvm.qemu import Drive, Forward, Nic, VirtualMachine, accelerator, nic_mac
 from sysvm.resources import resource
+from sysvm.seed import expected_digests, verify_checksum
 from sysvm.uservm import (
     TEST_PAUSE_IMAGE,
     USER_VM_ROLES,
@@ -215,6 +216,15 @@ class Outcome:
 
 
 # ------------------------------------------------------------------------------------------------ images
+
+
+def check_listed(artifact: Path) -> None:
+    """An artifact named in the checksum lists beside it must match them, and a list with a signature beside
+    it must be signed by a key of the user's keyring, before anything boots."""
+    digests = expected_digests(artifact, None)
+    if digests:
+        verify_checksum(artifact, str(artifact), digests)
+        log.say(f"{artifact.name}: matches the checksum lists beside it")
 
 
 def unpack_artifact(artifact: Path, folder: Path) -> tuple[Path, str]:
@@ -511,6 +521,7 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
             if not path.is_file():
                 raise SysvmError(f"--artifact {artifact}: no such file" if artifact else
                                  f"{path}: artifact not built yet (run invoke build first)")
+            check_listed(path)
             disks.append((*unpack_artifact(path, images), path, target))
         jobs = [(role, verify_role, (config, disk, fmt, path, target, role, accel, workspace, host, tree)) if role else
                 (target, verify_boot_only, (config, disk, fmt, path, target, accel, workspace))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ sys.path.insert(0, str(ROOT / "sysvm/overlays/common/opt/cloud/lib"))
 
 from sysvm import config as config_module  # noqa: E402
 from sysvm.workspace import Workspace  # noqa: E402
+from tests.gnupg import Key, throwaway_key  # noqa: E402
 from tests.tiers import STRICT_VARIABLE, strict, tier  # noqa: E402
 
 
@@ -117,3 +119,12 @@ def db(database):
     yield connection
     reset_templates(connection)  # drops the trigger a test may have left
     connection.close()
+
+
+@pytest.fixture
+def key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Key]:
+    """A throwaway signing key in the user's keyring (GNUPGHOME, a folder of the test's) and in files."""
+    home = tmp_path / "gnupg"
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    with throwaway_key(home, tmp_path) as made:
+        yield made

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sysvm import config, export, tools
+from sysvm import config, export, signing, tools
 from sysvm.errors import SysvmError
 from sysvm.imageinfo import header_virtual_size
 from sysvm.overlay import FinalImage
@@ -155,6 +155,25 @@ def test_ovm_raw_image_with_sha512_metadata_for_4_22(provisioned, workspace, tmp
     assert ini["ovm3"]["filename"] == ovm.name
     assert ini["ovm3"]["guestos"] == "Debian GNU/Linux 12 (64-bit)"
     assert ini["kvm-x86_64"]["checksum"] == ini["lxc"]["checksum"] == sha512[export.artifact_name(cfg, "kvm")]
+
+
+@pytest.mark.host
+def test_a_signing_key_file_signs_both_checksum_lists(provisioned, workspace, key, tmp_path, monkeypatch):
+    disk, rootfs = provisioned
+    monkeypatch.setenv("GNUPGHOME", str(tmp_path / "nowhere"))  # the key comes from its file only
+    cfg = config.load(None, ["export.hypervisors=[kvm]", f"export.signing_key={key.secret_file}"])
+    export.export(cfg, disk, render(cfg, workspace), rootfs, workspace, {})
+    folder = workspace.artifacts
+    report = json.loads((folder / "build-report.json").read_text())
+    assert report["signatures"] == {"key": key.fingerprint, "files": ["md5sum.txt.asc", "sha512sum.txt.asc"]}
+    for name in ("md5sum.txt", "sha512sum.txt"):
+        assert signing.check(folder / name, key.public_file) == key.fingerprint
+    assert report["export_inputs"]["export.signing_key"] == str(key.secret_file)
+
+    unsigned = config.load(None, ["export.hypervisors=[kvm]"])
+    export.export(unsigned, disk, render(unsigned, workspace), rootfs, workspace, {})
+    assert not list(folder.glob("*.asc"))  # a signature of an earlier export never stays beside new lists
+    assert json.loads((folder / "build-report.json").read_text())["signatures"] is None
 
 
 @pytest.mark.host

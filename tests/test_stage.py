@@ -166,4 +166,5 @@ def test_the_rootfs_and_render_inputs_follow_their_settings_only(default_config)
     bullseye = changes(asked(default_config), asked(config.load(None, ["debian.release=bullseye"])))
     assert bullseye == ["debian.release changed: bookworm → bullseye", "apt sources changed",
                         "releases.bullseye.java_package added", "releases.bullseye.merge_usr added",
-                        "releases.bookworm.java_package removed", "releases.bookworm.merge_usr removed"]
+                        "architectures.amd64.usr_merged_folders added", "releases.bookworm.java_package removed",
+                        "releases.bookworm.merge_usr removed"]
