@@ -12,13 +12,13 @@ import difflib
 import hashlib
 import json
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sysvm import log
 from sysvm.errors import SysvmError
+from sysvm.extfs import Entry, listing
 from sysvm.fsutil import remove_tree, scratch_dir
 from sysvm.hypervisors import ARTIFACTS
 from sysvm.process import output, run
@@ -28,22 +28,6 @@ from sysvm.verify import unpack_artifact
 # Text files here get a unified diff; elsewhere a change shows as sizes and checksums.
 TEXT_TREES = ("/etc/", "/opt/cloud/", "/usr/local/cloud/")
 TEXT_LIMIT = 1 << 20  # larger files are not shown line by line
-KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "folder", stat.S_IFLNK: "link", stat.S_IFCHR: "char device",
-         stat.S_IFBLK: "block device", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One path of an image's root file system."""
-
-    kind: str
-    mode: int  # permission bits with set-id and sticky bits
-    uid: int
-    gid: int
-    size: int = 0  # of a file
-    content: str = ""  # a file's sha256, a link's target
-
-
 @dataclass
 class Image:
     packages: dict[str, str]  # name (with :architecture when it is not the image's own) → version
@@ -60,29 +44,6 @@ def root_filesystem(raw: Path) -> str:
         raise SysvmError(f"{raw}: no partition table")
     largest = max(partitions, key=lambda partition: int(partition["size"]))
     return f"{raw}?offset={int(largest['start']) * sector}"
-
-
-def _listing(filesystem: str, folders: list[str], scratch: Path) -> dict[str, Entry]:
-    """Mode and owner of every entry of the folders, from one debugfs run of `ls -p` (`/inode/mode/uid/gid/
-    name/size/` per entry: a name holds no slash)."""
-    script = scratch / "list.debugfs"
-    for folder in folders:
-        if '"' in folder or "\n" in folder:  # would end debugfs's quoted word or its line
-            raise SysvmError(f"{folder!r}: a folder name debugfs cannot be asked about")
-    script.write_text("".join(f'ls -p "{folder}"\n' for folder in folders))
-    entries: dict[str, Entry] = {}
-    folder = ""
-    for line in output(["debugfs", "-f", script, filesystem]).splitlines():
-        if line.startswith("debugfs: ls -p "):
-            folder = line.removeprefix("debugfs: ls -p ").strip('"').rstrip("/")
-            continue
-        fields = line.split("/")
-        if len(fields) != 8 or fields[5] in (".", ".."):
-            continue
-        mode = int(fields[2], 8)
-        entries[f"{folder}/{fields[5]}"] = Entry(KINDS.get(stat.S_IFMT(mode), "other"), stat.S_IMODE(mode),
-                                                 int(fields[3]), int(fields[4]))
-    return entries
 
 
 def _sha256(path: Path) -> str:
@@ -105,7 +66,7 @@ def read_image(artifact: Path, scratch: Path) -> Image:
     tree.mkdir(mode=0o700)
     run(["debugfs", "-R", f'rdump / "{tree}"', filesystem], capture=True)
     folders = sorted("/" + os.path.relpath(top, tree).removeprefix(".") for top, _, _ in os.walk(tree))
-    entries = _listing(filesystem, folders, scratch)
+    entries = listing(filesystem, folders, scratch)
     raw.unlink()
     files = [path for path, entry in entries.items() if entry.kind == "file"]
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -113,7 +74,7 @@ def read_image(artifact: Path, scratch: Path) -> Image:
     for path, entry in entries.items():
         copied = tree / path.lstrip("/")
         if entry.kind == "file":
-            entries[path] = Entry(**{**asdict(entry), "size": copied.stat().st_size, "content": digests[path]})
+            entries[path] = Entry(**{**asdict(entry), "content": digests[path]})
         elif entry.kind == "link":
             entries[path] = Entry(**{**asdict(entry), "content": str(copied.readlink())})
     status = tree / "var/lib/dpkg/status"

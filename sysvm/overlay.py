@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysvm import log
+from sysvm import extfs, log
 from sysvm.errors import SysvmError
 from sysvm.fsutil import walk
 from sysvm.packer import ProvisionedDisk
@@ -31,6 +31,14 @@ IMAGE_NAME = "systemvm.raw"
 ENABLED_UNITS = ("sysvm-growroot.service", "sysvm-setup.service", "sysvm-handover.service",
                  "sysvm-ssh-host-keys.service")
 WANTS = "/etc/systemd/system/multi-user.target.wants"
+# What Packer's boot leaves after the cleanup script, up to its poweroff: removed offline, so that the
+# template's VMs share no random seed, no DHCP lease and no journal of the build (whose folder is named by
+# the build boot's machine id), and so that two builds differ in none of them. Logs are emptied in place
+# (their modes and owners stay); a journal's files and folders go.
+CLEARED_FILES = ("/var/lib/systemd/random-seed", "/var/cache/ldconfig/aux-cache")
+LEASES = "/var/lib/dhcp"
+LOGS = "/var/log"
+JOURNAL = "/var/log/journal"
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,26 @@ class FinalImage:
 
 
 def overlay_inputs(provisioned: ProvisionedDisk, rendered: RenderedTree) -> dict[str, object]:
-    return {"packer": provisioned.key, "render": rendered.key, "overlay.py ENABLED_UNITS": ENABLED_UNITS}
+    return {"packer": provisioned.key, "render": rendered.key, "overlay.py ENABLED_UNITS": ENABLED_UNITS,
+            "overlay.py build boot leftovers": [*CLEARED_FILES, LEASES, LOGS, JOURNAL]}
+
+
+def leftover_commands(filesystem: str, scratch: Path) -> list[str]:
+    """debugfs commands that clear what the build's boot left (CLEARED_FILES, LEASES, LOGS, JOURNAL)."""
+    logs = extfs.tree(filesystem, LOGS, scratch)
+    leases = extfs.listing(filesystem, [LEASES], scratch)
+    cleared = extfs.listing(filesystem, sorted({str(Path(path).parent) for path in CLEARED_FILES}), scratch)
+    commands = [_command("rm", path) for path in CLEARED_FILES if path in cleared]
+    commands += [_command("rm", path) for path, entry in leases.items()
+                 if entry.kind == "file" and path.endswith(".leases")]
+    journal = [path for path in logs if path.startswith(f"{JOURNAL}/")]
+    commands += [_command("rm", path) for path in journal if logs[path].kind != "folder"]
+    commands += [_command("rmdir", path) for path in sorted(journal, key=len, reverse=True)
+                 if logs[path].kind == "folder"]
+    commands += [command for path, entry in sorted(logs.items()) if entry.kind == "file" and entry.size
+                 and path not in journal for command in (_command("punch", path, "0"),
+                                                         _command("sif", path, "size", "0"))]
+    return commands
 
 
 def _filesystem(image: Path, offset: int) -> str:
@@ -114,7 +141,7 @@ def apply_overlay(provisioned: ProvisionedDisk, rendered: RenderedTree, workspac
         paths = ["/" + relative for relative, _ in walk(rendered.tree)]
         filesystem = _filesystem(image, provisioned.root_offset)
         existing = _existing(filesystem, [*paths, WANTS, *links], temporary)
-        commands = write_script(rendered.tree, existing)
+        commands = leftover_commands(filesystem, temporary) + write_script(rendered.tree, existing)
         for unit, link in zip(ENABLED_UNITS, links, strict=True):
             commands += ([f"rm {link}"] if link in existing else []) + [f"symlink {link} /etc/systemd/system/{unit}"]
         script = temporary / "overlay.debugfs"
@@ -131,6 +158,7 @@ def apply_overlay(provisioned: ProvisionedDisk, rendered: RenderedTree, workspac
                              f"log: {log.current_log_path()})")
         script.unlink()
         (temporary / "lookup.debugfs").unlink()
+        (temporary / "list.debugfs").unlink()
         os.utime(image, (when, when))
     log.say(f"overlay: {len(commands)} changes written into {result.image}")
     return result

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sysvm import extfs
 from sysvm.disk import PARTITION_START
 from sysvm.errors import SysvmError
 from sysvm.overlay import ENABLED_UNITS, WANTS, apply_overlay
@@ -35,6 +36,19 @@ def provisioned(tmp_path) -> ProvisionedDisk:
     (root / "srv").mkdir(mode=0o755)
     (root / "etc/ssh/sshd_config").write_text("Port 22\n")
     (root / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True)
+    # What the build's boot leaves after the cleanup script, up to its poweroff.
+    (root / "var/log/journal/0123456789abcdef0123456789abcdef").mkdir(parents=True)
+    (root / "var/log/journal/0123456789abcdef0123456789abcdef/system.journal").write_bytes(b"LPKSHHRH" * 512)
+    (root / "var/log/apt").mkdir()
+    (root / "var/log/syslog").write_text("build boot\n" * 1000)
+    os.chown(root / "var/log/syslog", 0, 4)
+    (root / "var/log/syslog").chmod(0o640)
+    (root / "var/log/apt/history.log").write_text("Start-Date: 2026-12-04\n")
+    (root / "var/log/empty.log").write_text("")
+    (root / "var/lib/systemd").mkdir(parents=True)
+    (root / "var/lib/systemd/random-seed").write_bytes(os.urandom(512))
+    (root / "var/lib/dhcp").mkdir()
+    (root / "var/lib/dhcp/dhclient.eth0.leases").write_text("lease {}\n")
     raw = tmp_path / "disk.raw"
     with raw.open("wb") as handle:
         handle.truncate(64 << 20)
@@ -75,6 +89,19 @@ def test_the_rendered_tree_is_written_into_the_filesystem(provisioned, rendered,
     fsck = subprocess.run(["e2fsck", "-fn", f"{image}?offset={PARTITION_START}"], capture_output=True)
     assert fsck.returncode == 0, fsck.stdout
     assert sorted(p.name for p in image.parent.iterdir()) == ["inputs.json", "systemvm.raw"]
+
+
+def test_what_the_build_boot_left_is_cleared(provisioned, rendered, workspace):
+    image = apply_overlay(provisioned, rendered, workspace).image
+    filesystem = f"{image}?offset={PARTITION_START}"
+    logs = extfs.tree(filesystem, "/var/log", workspace.root)
+    assert {path: (entry.kind, entry.size) for path, entry in logs.items()} == {
+        "/var/log/journal": ("folder", 0), "/var/log/apt": ("folder", 0), "/var/log/apt/history.log": ("file", 0),
+        "/var/log/syslog": ("file", 0), "/var/log/empty.log": ("file", 0)}
+    assert inode(image, "/var/log/syslog") == (0o640, 0, 4)  # emptied in place: rsyslog's mode and group stay
+    assert extfs.listing(filesystem, ["/var/lib/systemd", "/var/lib/dhcp"], workspace.root) == {}
+    fsck = subprocess.run(["e2fsck", "-fn", filesystem], capture_output=True)
+    assert fsck.returncode == 0, fsck.stdout  # the punched blocks were given back
 
 
 def test_second_run_is_up_to_date_and_a_change_makes_a_new_image(provisioned, rendered, workspace):
