@@ -82,6 +82,12 @@ def diff(c: Context, old: str, new: str, json: bool = False) -> None:
         raise SystemExit(different)
 
 
+@task(iterable=["folder"], help={"out": HELP["out"], "folder": f"{HELP['folder']} (repeatable)"})
+@summary(cli.release)
+def release(c: Context, out: str, folder: list[str] | None = None) -> None:
+    cli.release(out, folder or [])
+
+
 @task(iterable=["set_"], help=CONFIG_HELP)
 @summary(cli.validate)
 def validate(c: Context, config: str = "", set_: list[str] | None = None) -> None:

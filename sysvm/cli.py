@@ -78,6 +78,8 @@ HELP = {
     "old": "an artifact, or a release folder (output/artifacts)",
     "new": "an artifact or release folder of the same kind, to compare with OLD",
     "json": "print the report as JSON (for a pipeline) instead of text",
+    "out": "the new release folder (must not exist, or be empty)",
+    "folder": "a release folder (output/artifacts of one machine); two or more, of one version and configuration",
     "seed": "cloud-install-sys-tmplt options, e.g. -m /mnt/secondary -f FILE -h kvm",
 }
 
@@ -147,6 +149,13 @@ def diff(old: str, new: str, as_json: bool = False) -> int:
         return 0 if report.identical else 1
 
     return guarded(run_diff)
+
+
+def release(out: str, folders: Sequence[str]) -> None:
+    """Assemble release folders built on several machines (one per architecture) into one publishable folder OUT."""
+    from sysvm.release import release as run_release
+
+    guarded(lambda: print(run_release(Path(out), [Path(folder) for folder in folders])))
 
 
 def _size(count: int) -> str:
@@ -274,6 +283,10 @@ def parser() -> argparse.ArgumentParser:
     comparing.add_argument("new", metavar="NEW", help=HELP["new"])
     comparing.add_argument("--json", action="store_true", help=HELP["json"])
     comparing.set_defaults(run=lambda a: diff(a.old, a.new, a.json))
+    assembling = command("release", release)
+    assembling.add_argument("out", metavar="OUT", help=HELP["out"])
+    assembling.add_argument("folders", metavar="DIR", nargs="+", help=HELP["folder"])
+    assembling.set_defaults(run=lambda a: release(a.out, a.folders))
     command("validate", validate, configured).set_defaults(run=lambda a: validate(a.config, a.set))
     cleaning = command("clean", clean)
     cleaning.add_argument("--all", action="store_true", help=HELP["all"])

@@ -72,7 +72,7 @@ class DebPackage:
 
     @property
     def spdx_id(self) -> str:
-        return f"SPDXRef-deb-{_id_part(self.name)}-{_id_part(self.architecture)}"
+        return f"SPDXRef-deb-{id_part(self.name)}-{id_part(self.architecture)}"
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Inventory:
     license_texts: dict[str, str]  # LicenseRef-... -> its text
 
 
-def _id_part(text: str) -> str:
+def id_part(text: str) -> str:
     """SPDX ids allow letters, digits, '.' and '-': anything else (the '+' of libstdc++6) as .XX."""
     return re.sub(r"[^A-Za-z0-9.-]", lambda match: f".{ord(match.group()):02X}", text)
 
@@ -133,7 +133,7 @@ class Licenses:
         self.refs: dict[str, str] = {}
 
     def _ref(self, term: str) -> str:
-        ref = f"LicenseRef-{_id_part(self.folder)}-{re.sub(r'[^A-Za-z0-9.]+', '-', term).strip('-')}"
+        ref = f"LicenseRef-{id_part(self.folder)}-{re.sub(r'[^A-Za-z0-9.]+', '-', term).strip('-')}"
         self.refs[ref] = self.texts.get(term) or (f"The license named '{term}' in /{DOC}/{self.folder}/copyright,"
                                                   " which gives no text for it.")
         return ref
@@ -299,7 +299,7 @@ def document(config: Config, found: Inventory, rendered: RenderedTree, artifacts
               "hasFiles": [file["SPDXID"] for file in files], "licenseConcluded": NOASSERTION,
               "licenseDeclared": NOASSERTION, "copyrightText": NOASSERTION, "primaryPackagePurpose": "FILE",
               "comment": "The files sysvm adds to the image: its layers and any of the build's, rendered."}
-    made = [{"SPDXID": f"SPDXRef-artifact-{_id_part(str(info['hypervisor']))}", "name": file_name,
+    made = [{"SPDXID": f"SPDXRef-artifact-{id_part(str(info['hypervisor']))}", "name": file_name,
              "packageFileName": file_name, "versionInfo": version, "downloadLocation": NOASSERTION,
              "filesAnalyzed": False, "primaryPackagePurpose": "OPERATING-SYSTEM",
              "checksums": [{"algorithm": "MD5", "checksumValue": str(info["md5"])},

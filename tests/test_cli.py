@@ -43,6 +43,7 @@ SAME_CALLS = [
     (["diff", "--json", "old", "new.qcow2.bz2"], "diff", {"old": "old", "new": "new.qcow2.bz2", "json": True},
      ("diff", "old", "new.qcow2.bz2", True)),
     (["diff", "a", "b"], "diff", {"old": "a", "new": "b"}, ("diff", "a", "b", False)),
+    (["release", "out", "a", "b"], "release", {"out": "out", "folder": ["a", "b"]}, ("release", "out", ["a", "b"])),
     (["clean", "--all"], "clean", {"all_": True}, ("clean", True)),
     (["clean"], "clean", {}, ("clean", False)),
 ]
@@ -51,7 +52,7 @@ SAME_CALLS = [
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     made: list[tuple] = []
-    for name in ("render", "build", "verify", "bench", "matrix", "validate", "diff", "clean"):
+    for name in ("render", "build", "verify", "bench", "matrix", "validate", "diff", "release", "clean"):
         monkeypatch.setattr(cli, name, lambda *args, name=name: made.append((name, *[
             list(arg) if isinstance(arg, list | tuple) else arg for arg in args])))
     return made
@@ -76,7 +77,7 @@ def test_seed_options_pass_through_unread(monkeypatch):
 
 
 def test_a_task_and_its_command_share_one_summary():
-    for name in ("render", "build", "verify", "seed", "bench", "matrix", "validate", "diff", "clean"):
+    for name in ("render", "build", "verify", "seed", "bench", "matrix", "validate", "diff", "release", "clean"):
         assert getattr(tasks, name).__doc__ == getattr(cli, name).__doc__
 
 
