@@ -11,6 +11,9 @@ systemctl enable "serial-getty@${SERIAL_CONSOLE}.service"
 # and the Apache modules its router metadata and secondary storage upload configuration use.
 install -d -m 0755 /opt/tftpboot /etc/cloudstack /usr/share/cloud /var/cache/cloud /usr/local/cloud /var/www/html
 a2enmod -q ssl rewrite auth_basic auth_digest
+# CloudStack's scripts keep kernel settings in /etc/sysctl.conf (the overlay brings one: trixie's procps
+# ships none), and systemd-sysctl reads it at boot through this link, which procps made before trixie.
+[ -e /etc/sysctl.d/99-sysctl.conf ] || ln -s ../sysctl.conf /etc/sysctl.d/99-sysctl.conf
 # MANAGED_SERVICES (space-separated, from sysvm.yaml's services.managed): a package script that enabled
 # one of them again would start it before the role setup has decided whether this role runs it.
 for service in ${MANAGED_SERVICES}; do
