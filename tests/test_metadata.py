@@ -208,7 +208,7 @@ def _upstream_script(commit: str, folder: Path) -> Path:
     return script
 
 
-def _tree_script(folder: Path) -> Path:
+def tree_script(folder: Path) -> Path:
     """templateConfig.sh of the CloudStack tree beside the checkout, copied: it writes dist/ beside itself."""
     source = CLOUDSTACK / "engine/schema/templateConfig.sh"
     if not source.is_file():
@@ -218,7 +218,7 @@ def _tree_script(folder: Path) -> Path:
     return script
 
 
-def _run_upstream(script: Path, version: str, files: dict[str, dict[str, str]]) -> str:
+def run_upstream(script: Path, version: str, files: dict[str, dict[str, str]]) -> str:
     """The script's metadata.ini for these files (name -> md5 and sha512), listed as sysvm lists them."""
     dist = script.parent / "dist" / "systemvm-templates"
     dist.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,7 @@ def _without_section(text: str, section: str) -> str:
 
 @pytest.mark.parametrize("built", [ALL, ["kvm"]], ids=["all", "kvm-only"])
 def test_same_as_the_templateconfig_of_the_cloudstack_tree(built, tmp_path):
-    _compare(_tree_script(tmp_path), UPSTREAM_SCRIPTS[-1][1], built, hash_order=False)
+    _compare(tree_script(tmp_path), UPSTREAM_SCRIPTS[-1][1], built, hash_order=False)
 
 
 @pytest.mark.cloudstack_git
@@ -254,7 +254,7 @@ def _compare(script: Path, version: str, built: list[str], hash_order: bool) -> 
     digests = fake_digests(built)
     ours = metadata.render(cfg, names, digests)
     assert ours is not None
-    upstream = _run_upstream(script, version, {names[h]: digests[h] for h in built})
+    upstream = run_upstream(script, version, {names[h]: digests[h] for h in built})
     # Upstream lists every template it publishes; where its reader allows, sysvm lists only those it built.
     parsed = configparser.ConfigParser()
     parsed.read_string(upstream)

@@ -21,20 +21,22 @@ from sysvm.rootfs import Rootfs
 from sysvm.workspace import Workspace
 from tests.disks import empty_qcow2
 from tests.rootfs_tar import write_rootfs_tar
+from tests.test_metadata import UPSTREAM_SCRIPTS, run_upstream, tree_script
 
 pytestmark = pytest.mark.host  # qemu-img, lbzip2, render's tree owned by root
 
 
-def release_folder(tmp_path: Path, architecture: str, version: str = "4.20.1") -> Path:
+def release_folder(tmp_path: Path, architecture: str, version: str = "4.20.1", hypervisors: str = "kvm") -> Path:
     """One machine's output/artifacts: the export of a small image for `architecture`."""
-    root = tmp_path / f"{architecture}-{version}"
+    root = tmp_path / f"{architecture}-{version}-{hypervisors.replace(', ', '-')}"
     root.mkdir()
     image = empty_qcow2(root / "systemvm.qcow2", "32M")
     subprocess.run(["qemu-io", "-c", f"write -P {len(architecture)} 1M 1M", str(image)], check=True,
                    capture_output=True)
     tarball, packages = write_rootfs_tar(root)
     workspace = Workspace(root / "output")
-    settings = [f"cloudstack.version={version}", f"debian.architecture={architecture}", "export.hypervisors=[kvm]"]
+    settings = [f"cloudstack.version={version}", f"debian.architecture={architecture}",
+                f"export.hypervisors=[{hypervisors}]"]
     cfg = config.load(None, settings)
     export.export(cfg, FinalImage("k" * 16, image), render(cfg, workspace), Rootfs("r" * 16, tarball, packages),
                   workspace, {})
@@ -70,6 +72,22 @@ def test_two_architectures_become_one_release(folders, tmp_path, capsys):
     assert {"SPDXRef-artifact-kvm-x86.5F64", "SPDXRef-artifact-kvm-aarch64"} <= ids
     report = json.loads((out / "build-report.json").read_text())
     assert sorted(report["reports"]) == ["aarch64", "x86_64"] and sorted(report["artifacts"]) == names
+
+
+def test_the_merged_metadata_ini_is_what_templateconfig_writes_for_both_architectures(tmp_path):
+    """CloudStack's templateConfig.sh (of the tree beside the checkout) run on the merged checksum lists,
+    every template it publishes built: x86_64 for each hypervisor, aarch64 for KVM."""
+    version = UPSTREAM_SCRIPTS[-1][1]
+    everything = "kvm, xen, vmware, hyperv, ovm"  # the same setting on both machines; arm64 builds KVM's only
+    inputs = [release_folder(tmp_path, architecture, version, everything) for architecture in ("amd64", "arm64")]
+    out = tmp_path / "published"
+    assert cli.main(["release", str(out), *map(str, inputs)]) == 0
+    sums = {algorithm: dict(reversed(line.split("  ")) for line in (out / f"{algorithm}sum.txt").read_text().splitlines())
+            for algorithm in ("md5", "sha512")}
+    files = {name: {algorithm: sums[algorithm][name] for algorithm in sums} for name in sums["sha512"]}
+    scripts = tmp_path / "upstream"
+    scripts.mkdir()
+    assert (out / "metadata.ini").read_text() == run_upstream(tree_script(scripts), version, files)
 
 
 def test_one_folder_gives_its_own_metadata_ini_back(folders, tmp_path):
