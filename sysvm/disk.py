@@ -10,13 +10,14 @@ the removable-media path the firmware looks for, into an EFI system partition ma
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import typing
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysvm import log, tools
+from sysvm import javastore, log, tools
 from sysvm.config import Architecture, Config
 from sysvm.errors import SysvmError
 from sysvm.fsutil import remove_tree, scratch_dir
@@ -38,6 +39,7 @@ GRUB_CORE_MODULES = {"bios": ("biosdisk", "part_msdos", "ext2", "search", "searc
 # removable-media path), per GRUB platform.
 EFI_LOADERS = {"arm64-efi": "EFI/BOOT/BOOTAA64.EFI", "x86_64-efi": "EFI/BOOT/BOOTX64.EFI"}
 FW_CFG_KEY = "opt/sysvm/build_key"
+JAVA_TRUST_STORE = "etc/ssl/certs/java/cacerts"  # ca-certificates-java's, made alike in every build
 
 BUILD_KEY_UNIT = f"""[Unit]
 Description=Install the SSH key of the image build (present only while the image is built)
@@ -55,6 +57,8 @@ WantedBy=multi-user.target
 """
 BUILD_KEY_UNIT_PATH = "etc/systemd/system/sysvm-build-key.service"
 ENABLED_AT_BUILD = ("ssh.service", "netfilter-persistent.service", "sysvm-build-key.service")
+# CloudStack's redundant router edits /etc/init.d/keepalived (cs/CsRedundant.py): it must be there.
+KEPT_INIT_SCRIPTS = ("keepalived",)
 UNIT_FOLDERS = ("lib/systemd/system", "usr/lib/systemd/system", "etc/systemd/system")
 
 
@@ -102,7 +106,10 @@ def disk_inputs(config: Config, rootfs: Rootfs) -> dict[str, object]:
             f"architectures.{config.debian.architecture}.serial_console": arch.serial_console,
             "disk.py ESP_SIZE": ESP_SIZE, "/etc/default/grub": grub_defaults(arch),
             "disk.py BUILD_KEY_UNIT": BUILD_KEY_UNIT, "units disabled": units_disabled(config),
-            "disk.py ENABLED_AT_BUILD": ENABLED_AT_BUILD, "disk.py drops SysV scripts": "all with a native unit"}
+            "disk.py ENABLED_AT_BUILD": ENABLED_AT_BUILD, "disk.py drops SysV scripts": "all with a native unit",
+            "disk.py KEPT_INIT_SCRIPTS": KEPT_INIT_SCRIPTS,
+            "disk.py make_root_filesystem": "hash seed from the UUID, times from the tree",
+            "javastore.py settle_dates": JAVA_TRUST_STORE}
 
 
 def kernel_version(root: Path) -> str:
@@ -158,11 +165,11 @@ def _drop_duplicate_init_scripts(root: Path) -> None:
     scripts). With them, every `systemctl enable` or `disable` of such a service, by the role setup or
     by CloudStack's post-init, also runs update-rc.d: about 15 s each under emulation (post-init disables
     keepalived on every secondary storage VM and non-redundant router). `service NAME restart` goes to
-    systemctl either way. CloudStack's redundant router still seds `--vrrp` into /etc/init.d/keepalived:
-    without the script that logs an error and changes nothing, as the script's edit never reached the
-    systemd unit that runs keepalived."""
+    systemctl either way. The scripts CloudStack's own code edits stay (KEPT_INIT_SCRIPTS)."""
     dropped = []
     for script in sorted((root / "etc/init.d").iterdir()):
+        if script.name in KEPT_INIT_SCRIPTS:
+            continue
         if not any((root / folder / f"{script.name}.service").exists() for folder in UNIT_FOLDERS):
             continue
         for link in (root / "etc").glob(f"rc?.d/[SK][0-9][0-9]{script.name}"):
@@ -237,6 +244,26 @@ def root_partition_bytes(raw: Path, offset: int) -> int:
     raise SysvmError(f"{raw}: sfdisk made no partition at byte {offset}")
 
 
+def newest_time(tree: Path) -> int:
+    """The newest modification time in a tree, links not followed."""
+    newest = int(tree.lstat().st_mtime)
+    for folder, folders, files in os.walk(tree):
+        for name in (*folders, *files):
+            newest = max(newest, int(os.lstat(os.path.join(folder, name)).st_mtime))
+    return newest
+
+
+def make_root_filesystem(raw: Path, root: Path, root_uuid: str, offset: int, size_kib: int) -> None:
+    """The root file system, made from the tree at `offset` in the disk. Its superblock follows from the
+    tree, not the clock: the directory hash seed is the UUID and its times are the tree's newest (with
+    SOURCE_DATE_EPOCH, mmdebstrap clamped them to it). The inodes keep the tree's change times, which are
+    tar's extraction (no program can set them); Packer's boot rewrites much of the file system anyway
+    (docs/reproducibility.md)."""
+    run(["mkfs.ext4", "-q", "-F", "-L", "ROOT", "-U", root_uuid, "-d", root,
+         "-E", f"offset={offset},hash_seed={root_uuid}", raw, f"{size_kib}k"],
+        env={"E2FSPROGS_FAKE_TIME": str(newest_time(root))})
+
+
 def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool = False) -> BaseDisk:
     stage = Stage.of(workspace, "disk", disk_inputs(config, rootfs))
     # Derived from the key so that the same inputs give the same filesystem UUID.
@@ -249,14 +276,15 @@ def build_disk(config: Config, rootfs: Rootfs, workspace: Workspace, force: bool
         root = scratch / "root"
         root.mkdir()
         run(["tar", "-xpf", rootfs.tarball, "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C", root])
+        if (root / JAVA_TRUST_STORE).is_file():  # each build's is dated by its writing
+            javastore.settle_dates(root / JAVA_TRUST_STORE)
         kernel = configure_boot(root, root_uuid, config.arch, units_disabled(config))
         raw = scratch / "disk.raw"
         with raw.open("wb") as handle:
             handle.truncate(config.disk.size_mib * MIB)
         run(["sfdisk", "--quiet", raw], input=partition_table(config.arch).encode())
         partition_kib = root_partition_bytes(raw, result.root_offset) // 1024
-        run(["mkfs.ext4", "-q", "-F", "-L", "ROOT", "-U", root_uuid, "-d", root,
-             "-E", f"offset={result.root_offset}", raw, f"{partition_kib}k"])
+        make_root_filesystem(raw, root, root_uuid, result.root_offset, partition_kib)
         loader = grub_image(root, root_uuid, config.arch, scratch)
         if config.arch.firmware == "efi":
             install_efi_grub(raw, loader, config.arch, root_uuid, scratch)

@@ -29,7 +29,7 @@ from sysvm.workspace import Workspace
 IMAGE_NAME = "systemvm.raw"
 # Units of the rendered tree that start at every boot. cloud.service is left to the role setup.
 ENABLED_UNITS = ("sysvm-growroot.service", "sysvm-setup.service", "sysvm-handover.service",
-                 "sysvm-ssh-host-keys.service")
+                 "sysvm-ssh-host-keys.service", "sysvm-snakeoil.service")
 WANTS = "/etc/systemd/system/multi-user.target.wants"
 # What Packer's boot leaves after the cleanup script, up to its poweroff: removed offline, so that the
 # template's VMs share no random seed, no DHCP lease and no journal of the build (whose folder is named by

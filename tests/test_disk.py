@@ -7,7 +7,10 @@ sfdisk, mkfs.fat and mtools run for real on sparse files; the boot itself is pro
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,29 @@ def test_update_grub_settings_keep_each_architectures_serial_console(architectur
     defaults = disk.grub_defaults(arch)
     assert f'GRUB_CMDLINE_LINUX="console=tty0 console={console},115200n8 net.ifnames=0 biosdevname=0"' in defaults
     assert ("GRUB_SERIAL_COMMAND" in defaults) is serial_terminal
+
+
+@pytest.mark.host  # mkfs.ext4, debugfs (e2fsprogs)
+def test_the_root_file_system_s_superblock_follows_from_the_tree_not_the_clock(tmp_path):
+    """Two file systems made from one tree a second apart have the same superblock: the UUID as the
+    directory hash seed, the tree's newest time as their creation and write time."""
+    tree = tmp_path / "root"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/hostname").write_text("systemvm\n")
+    os.utime(tree / "etc/hostname", (1_700_000_000, 1_700_000_000))
+    for path in (tree / "etc", tree):
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+    root_uuid = "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    superblocks = []
+    for name in ("first.raw", "second.raw"):
+        raw = _blank(tmp_path / name, 16 * MIB)
+        disk.make_root_filesystem(raw, tree, root_uuid, MIB, 15 * 1024)
+        with raw.open("rb") as image:
+            image.seek(MIB + 1024)
+            superblocks.append(image.read(1024))
+        time.sleep(1.1)
+    assert superblocks[0] == superblocks[1]
+    stats = subprocess.run(["debugfs", "-R", "stats", f"{tmp_path / 'first.raw'}?offset={MIB}"],
+                           capture_output=True, text=True, check=True, env={**os.environ, "TZ": "UTC"}).stdout
+    assert re.search(rf"Directory Hash Seed:\s+{root_uuid}", stats), stats
+    assert re.search(r"Filesystem created:\s+Tue Nov 14 22:13:20 2023", stats), stats

@@ -50,6 +50,15 @@ def test_only_the_management_key_is_authorized_and_no_build_key_is_left(booted, 
     assert booted.run("ls /etc/ssh/ssh_host_ed25519_key").rc == 0  # host keys made on this VM's first boot
 
 
+def test_the_snakeoil_key_pair_is_this_vm_s_own(booted):
+    """The template carries no snakeoil pair: the VM made its own after its kernel started."""
+    key = booted.file("/etc/ssl/private/ssl-cert-snakeoil.key")
+    assert key.exists and key.mode == 0o640 and key.group == "ssl-cert"
+    boot_time = int(re.search(r"^btime (\d+)$", booted.file("/proc/stat").content_string, re.M).group(1))
+    assert key.mtime.timestamp() >= boot_time, (key.mtime, boot_time)
+    assert booted.run("openssl x509 -noout -in /etc/ssl/certs/ssl-cert-snakeoil.pem").rc == 0
+
+
 def test_command_line_cached_0600_and_parsed(booted, expect):
     cache = booted.file("/var/cache/cloud/cmdline")
     assert cache.exists and cache.mode == 0o600
@@ -174,10 +183,12 @@ def test_version_query_answers_in_cloudstack_s_format_once_the_boot_is_done(boot
         assert "the host copied no cloud-scripts.tgz" in log and f"own {expect['role']} setup stands" in log
 
 
-def test_ipv6_is_default_deny_like_ipv4(booted):
+def test_ipv6_is_default_deny_like_ipv4_and_a_router_leaves_forwarding_to_cloudstack(booted):
+    """What a router routes over IPv6 CloudStack filters in nftables; every other role forwards nothing."""
     rules = booted.run("ip6tables -S").stdout
-    assert "-P INPUT DROP" in rules and "-P FORWARD DROP" in rules
-    assert "-A INPUT -i lo -j ACCEPT" in rules
+    assert "-P INPUT DROP" in rules and "-A INPUT -i lo -j ACCEPT" in rules
+    forwarding = booted.run("sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
+    assert ("-P FORWARD ACCEPT" if forwarding else "-P FORWARD DROP") in rules, rules
 
 
 def test_sshd_started_without_a_bind_error(booted):
