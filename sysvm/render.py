@@ -271,6 +271,8 @@ def _render_templates(environment: jinja2.Environment, name: str, values: dict[s
             raise SysvmError(f"{source}: undefined template variable: {error.message}") from error
         except jinja2.TemplateSyntaxError as error:
             raise SysvmError(f"{source}:{error.lineno}: template syntax error: {error.message}") from error
+        if not text.strip():  # a file the configuration does not need renders to nothing
+            continue
         writer.file(layer, relative[: -len(TEMPLATE_SUFFIX)], io.BytesIO(text.encode()),
                     stat.S_IMODE(info.st_mode), ROOT_OWNER)
 

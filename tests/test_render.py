@@ -43,6 +43,12 @@ def test_every_release_renders_its_tree(release, workspace):
     assert modes["/usr/local/cloud/systemvm/_run.sh"] == "0755"
     assert modes["/root/health_checks/dns_check.py"] == "0755"
     assert modes["/root/health_checks/utility.py"] == "0644"
+    # a release whose systemd starts SYSTEMD_WANTS units on the first event alone gets the image's udev rule;
+    # on the others the template renders to nothing and no file is written
+    wants_rule = tree / "etc/udev/rules.d/99-sysvm-wants-on-change.rules"
+    assert wants_rule.is_file() == (release in ("buster", "bullseye")), release
+    if wants_rule.is_file():
+        assert 'ACTION=="change", SUBSYSTEM=="block"' in wants_rule.read_text()
 
 
 @pytest.mark.host
