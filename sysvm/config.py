@@ -152,8 +152,12 @@ class Release:
     security_mirror: Annotated[str, RELEASE_MIRROR] = ""
     without_security: bool = False  # build without the security suite: only on the user's explicit say-so
     merge_usr: bool = False  # /bin, /sbin, /lib... are links into /usr (before bookworm, no package makes them)
+    # systemd starts a device's SYSTEMD_WANTS units on each of its change events, not only on the first (a
+    # Shared FileSystem VM grows its file system so); where it does not, a udev rule of the image does
+    systemd_wants_on_change: bool = True
     package_renames: dict[str, Package] = field(default_factory=dict)
     packages_dropped: list[Package] = field(default_factory=list)
+    packages_added: list[Package] = field(default_factory=list)  # what the release needs beside packages.*
 
 
 @dataclass(frozen=True)
@@ -327,7 +331,7 @@ class Config:
         """Every package of every role for the chosen release and architecture, renamed and filtered per release."""
         wanted = [*self.packages.common, *self.arch.packages,
                   *(p for role in self.roles for p in self.packages.roles.get(role, []))]
-        wanted.append(self.release.java_package)
+        wanted += [self.release.java_package, *self.release.packages_added]
         renamed = [self.release.package_renames.get(name, name) for name in wanted]
         dropped = set(self.release.packages_dropped)
         return sorted({name for name in renamed if name not in dropped})

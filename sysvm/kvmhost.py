@@ -123,7 +123,7 @@ def router_config_file(documents: dict[str, dict[str, object]]) -> str:
 
 def send_router_config(remote: Remote, documents: dict[str, dict[str, object]], staging: Path) -> None:
     """Copy the aggregated configuration in and run vr_cfg.sh on it, as the host does when a start's
-    command batch finishes; a step that failed is reported on standard error, as the host sees it."""
+    command batch finishes."""
     if not documents:
         return
     log.step("CloudStack start: router configuration (vr_cfg.sh)")
@@ -131,8 +131,23 @@ def send_router_config(remote: Remote, documents: dict[str, dict[str, object]], 
     config = staging / f"VR-{ROUTER_CONFIG_ID}.cfg"
     config.write_text(router_config_file(documents))
     remote.copy([config], f"{HOST_FOLDER}/")
-    status, out = remote.ssh(f"/opt/cloud/bin/vr_cfg.sh -c {HOST_FOLDER}/{config.name}", merge_stderr=True)
+    _apply(remote, f"/opt/cloud/bin/vr_cfg.sh -c {HOST_FOLDER}/{config.name}", config.name)
+
+
+def apply_router_document(remote: Remote, name: str, document: dict[str, object], staging: Path) -> None:
+    """One change as the host applies it once the router runs: the JSON file, then update_config.py on it."""
+    log.step(f"CloudStack: update_config.py {name.split('.json')[0]}")
+    staging.mkdir(parents=True, exist_ok=True)
+    path = staging / name
+    path.write_text(json.dumps(document))
+    remote.copy([path], f"{HOST_FOLDER}/")
+    _apply(remote, f"/opt/cloud/bin/update_config.py {name}", name)
+
+
+def _apply(remote: Remote, command: str, name: str) -> None:
+    """A step that failed is reported on standard error or by its exit status, as the host sees it."""
+    status, out = remote.ssh(command, merge_stderr=True)
     if status != 0 or "execution failed" in out:
         remote.ssh("tail -n 40 /var/log/cloud.log")  # what went wrong, in the host log
-        raise SysvmError(f"{remote.name}: vr_cfg.sh {config.name} failed (exit {status}): {out.strip()[-300:]} "
-                         f"(the VM's cloud.log is in {remote.log})")
+        raise SysvmError(f"{remote.name}: {command.split()[0].rsplit('/', 1)[-1]} {name} failed (exit {status}): "
+                         f"{out.strip()[-300:]} (the VM's cloud.log is in {remote.log})")

@@ -92,6 +92,8 @@ class Nic:
     forward_ssh_to: str = ""  # guest address whose sshd is forwarded from 127.0.0.1
     guest_ssh_port: int = SSH_PORT  # a system VM's sshd port; a User VM's is 22
     forwards: tuple[Forward, ...] = ()  # more ports of the forward_ssh_to address
+    tap: str = ""  # instead of a user-mode network: this tap device, which the caller made (see routernet.py)
+    mac: str = ""  # instead of nic_mac(index): for VMs that share a network
 
 
 @dataclass(frozen=True)
@@ -158,12 +160,15 @@ class VirtualMachine:
         if self.machine.vga:
             command += ["-vga", self.machine.vga]
         for index, nic in enumerate(self.nics):
-            netdev = f"user,id=net{index},net={nic.network},restrict=on"
+            if nic.tap:
+                netdev = f"tap,id=net{index},ifname={nic.tap},script=no,downscript=no"
+            else:
+                netdev = f"user,id=net{index},net={nic.network},restrict=on"
             if nic.forward_ssh_to:
                 netdev += f",hostfwd=tcp:127.0.0.1:{self.ssh_port}-{nic.forward_ssh_to}:{nic.guest_ssh_port}"
                 netdev += "".join(f",hostfwd=tcp:{forward.host_address}:{forward.port}-{nic.forward_ssh_to}:"
                                   f"{forward.port}" for forward in nic.forwards)
-            command += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net{index},mac={nic_mac(index)}"]
+            command += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net{index},mac={nic.mac or nic_mac(index)}"]
         if any(drive.cdrom for drive in self.drives):
             command += ["-device", "virtio-scsi-pci,id=scsi0"]
         for index, drive in enumerate(self.drives):

@@ -39,6 +39,9 @@ DEBIAN_PACKAGES = {
     "/usr/lib/cni/bridge": "containernetworking-plugins",
     "gpg": "gpg",
     "gpgconf": "gpgconf",
+    "dhclient": "isc-dhcp-client",
+    "curl": "curl",
+    "dig": "bind9-dnsutils",
 }
 
 STAGE_TOOLS = {
@@ -50,6 +53,8 @@ STAGE_TOOLS = {
     "verify": ("qemu-img", "lbzip2", "ssh-keygen"),
     # the User VM roles: their ConfigDrive and test CKS ISO, and an NFS client in a network namespace
     "verify-user-vms": ("genisoimage", "ip", "nfs-cp", "nfs-cat", "/usr/lib/cni/bridge"),
+    # a router's guest and public networks as namespaces: a guest's DHCP client, its HTTP and DNS queries
+    "verify-routers": ("ip", "dhclient", "curl", "dig"),
 }
 BOOTING_STAGES = ("packer", "verify")
 SIGNING_TOOLS = ("gpg", "gpgconf")  # export with export.signing_key

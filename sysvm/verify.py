@@ -11,6 +11,7 @@ Every boot uses its own throwaway overlay disk, so no state passes from one role
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -22,7 +23,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,14 +38,37 @@ from sysvm.kvmhost import (
     ROUTER_ROLES,
     HostFiles,
     Remote,
+    apply_router_document,
     host_files,
     poll,
     send_router_config,
     start_sequence,
 )
 from sysvm.process import run
-from sysvm.qemu import Drive, Forward, Nic, VirtualMachine, accelerator, nic_mac
+from sysvm.qemu import Drive, Forward, Nic, VirtualMachine, accelerator
 from sysvm.resources import resource
+from sysvm.routerconfig import (
+    GUEST_MASK,
+    GUEST_NETWORK,
+    GUEST_VMS,
+    GUESTS,
+    NETWORKED_ROUTERS,
+    PRIVATE_NETWORK,
+    PUBLIC_GATEWAY,
+    PUBLIC_IP,
+    PUBLIC_NETWORK,
+    REDUNDANT_ROUTERS,
+    ROUTER_GUEST_IP,
+    SIDES,
+    VPC_CIDR,
+    Documents,
+    cloud_facts,
+    ipv6_boot_values,
+    named,
+    redundant_router_start,
+    start_steps,
+)
+from sysvm.routernet import RouterNetworks, attach, router_networks
 from sysvm.seed import expected_digests, verify_checksum
 from sysvm.uservm import (
     TEST_PAUSE_IMAGE,
@@ -72,7 +96,9 @@ class RoleBoot:
     role: str
     nics: list[Nic]
     values: dict[str, str]
+    _: KW_ONLY  # the rest by name: several have the same type
     drives: list[Drive] = field(default_factory=list)  # a User VM's data disk, ConfigDrive, CKS ISO
+    networks: RouterNetworks | None = None  # a router's guest and public networks, when it has them
     ssh_user: str = "root"
     facts: dict[str, object] = field(default_factory=dict)  # what the suite is told beside the command line
 
@@ -84,11 +110,8 @@ class RoleBoot:
         return " ".join(f"{key}={value}" for key, value in self.values.items())
 
 
-GUEST_NETWORK, GUEST_MASK = "10.1.1.0/24", "255.255.255.0"  # QEMU's user network answers on .2 and .3
-PUBLIC_NETWORK, PUBLIC_IP, PUBLIC_GATEWAY = "192.168.1.0/24", "192.168.1.30", "192.168.1.2"
-ROUTER_GUEST_IP = "10.1.1.1"
 LINK_LOCAL_MASK = "255.255.0.0"
-GUEST_VM = {"mac": "02:00:4c:5f:00:01", "ip": "10.1.1.5", "name": "vm-1"}
+PAIR_GUEST_MAC = "52:54:00:12:35:10"  # the second router's of a redundant pair (the first's is nic_mac(0))
 # A User VM's one NIC: the address QEMU's user network would lease first, its gateway and DNS server.
 USER_VM_IP, USER_VM_GATEWAY, USER_VM_DNS = "10.1.1.15", "10.1.1.2", "10.1.1.3"
 USER_VM_NAMES = {"sharedfsvm": "sharedfs-share1", "cksnode": "cks1-node-1"}
@@ -126,13 +149,16 @@ def user_vm_boot(role: str, folder: Path, tree: CloudStackTree, public_key: str,
         drives = [Drive(cks_test_iso(folder / "cks-test.iso", architecture), cdrom=True)]
         facts = {"pause_image": TEST_PAUSE_IMAGE}
     drives.insert(0, Drive(config_drive(folder / f"{name}-configdrive.iso", user_data, metadata), cdrom=True))
-    return RoleBoot(role, [nic], values, drives, ssh_user, facts)
+    return RoleBoot(role, [nic], values, drives=drives, ssh_user=ssh_user, facts=facts)
 
 
-def role_boot(role: str, management_key: str) -> RoleBoot:
+def role_boot(role: str, management_key: str, networks: RouterNetworks | None = None,
+              pair_index: int | None = None) -> RoleBoot:
     """NIC order, addresses and command line as a management server gives them on KVM (the control NIC per
     role: docs/architecture.md). A NIC whose address is not on the command line (a VPC router's public
-    and guest NICs) is configured later by the management server, through update_config.py."""
+    and guest NICs) is configured later by the management server, through update_config.py. Given
+    `networks`, a router's guest and public NICs are their taps; given `pair_index`, the router is that
+    one of a redundant pair (its own guest address, the pair's virtual one as guestgw)."""
     key = base64.b64encode(management_key.encode()).decode()
     values = {"template": "domP", "type": role}
     # (network, address on the command line or "", netmask), in ethN order; the control NIC's index
@@ -146,18 +172,23 @@ def role_boot(role: str, management_key: str) -> RoleBoot:
                  "mgmtcidr": "10.0.2.0/24", "localgw": "10.0.2.2", "internaldns1": "10.0.2.3",
                  "gateway": PUBLIC_GATEWAY}
         control_index = 0
-    elif role == "vpcrouter":
+    elif role == "vpcrouter":  # and its private gateway's NIC, when verify gives it that network
         layout = [(CONTROL_NETWORK, "169.254.0.45", LINK_LOCAL_MASK), (PUBLIC_NETWORK, "", ""),
-                  (GUEST_NETWORK, "", "")]
+                  (GUEST_NETWORK, "", ""), *([(PRIVATE_NETWORK, "", "")] if networks else [])]
         values["name"] = "r-5-VM"
-        extra, control_index = {"vpccidr": "10.1.0.0/16"}, 0
+        extra, control_index = {"vpccidr": VPC_CIDR}, 0
     elif role == "router":  # an isolated network's router: eth0 guest, eth1 control, eth2 public
-        layout = [(GUEST_NETWORK, ROUTER_GUEST_IP, GUEST_MASK), (CONTROL_NETWORK, "169.254.0.44", LINK_LOCAL_MASK),
+        name, guest_ip = REDUNDANT_ROUTERS[pair_index] if pair_index is not None else ("r-4-VM", ROUTER_GUEST_IP)
+        layout = [(GUEST_NETWORK, guest_ip, GUEST_MASK), (CONTROL_NETWORK, "169.254.0.44", LINK_LOCAL_MASK),
                   (PUBLIC_NETWORK, PUBLIC_IP, GUEST_MASK)]
-        values["name"] = "r-4-VM"
+        values["name"] = name
         # What a management server adds for the guest network's DHCP and DNS (CloudStack's router.sh reads them).
         extra = {"guestgw": ROUTER_GUEST_IP, "guestbrd": "10.1.1.255", "guestcidrsize": "24",
                  "dhcprange": ROUTER_GUEST_IP, "gateway": PUBLIC_GATEWAY}
+        if pair_index is not None:  # keepalived puts guestgw on the pair's primary
+            extra.update({"redundant_router": "1", "advert_int": "1"})
+        elif networks:  # the guest network has IPv6 too
+            extra.update(ipv6_boot_values())
         control_index = 1
     else:  # dhcpsrvr, a shared network's DHCP server: eth0 on the guest network, eth1 control
         layout = [(GUEST_NETWORK, "10.1.1.10", GUEST_MASK), (CONTROL_NETWORK, "169.254.0.46", LINK_LOCAL_MASK)]
@@ -167,40 +198,31 @@ def role_boot(role: str, management_key: str) -> RoleBoot:
                  # a management route through a gateway on no NIC: it must fail alone, not networking.service
                  "mgmtcidr": "10.9.0.0/16", "localgw": "10.8.0.1"}
         control_index = 1
+    taps = networks.taps[pair_index or 0] if networks else {}
     nics = []
     for index, (network, address, mask) in enumerate(layout):
         if address:
             values[f"eth{index}ip"], values[f"eth{index}mask"] = address, mask
-        nics.append(Nic(network, address if index == control_index else ""))
+        # the pair's guest NICs are two on one network; their public NICs share the public address's MAC
+        mac = PAIR_GUEST_MAC if pair_index and network == GUEST_NETWORK else ""
+        nics.append(Nic(network, address if index == control_index else "", tap=taps.get(network, ""), mac=mac))
     values.update(extra)
     values.update({"dns1": "192.168.1.3", "domain": "cloud.test", "authorized_key": key})
     if role in ("router", "vpcrouter"):
         values["logrotatefrequency"] = "*:00:00"  # CloudStack's router.sh writes it into logrotate.timer
-    return RoleBoot(role, nics, values)
+    facts = {"networks": networks.facts(), "cloud": cloud_facts(role)} if networks else {}
+    return RoleBoot(role, nics, values, facts=facts, networks=networks)
 
 
-def router_documents(boot: RoleBoot) -> dict[str, dict[str, object]]:
-    """What a management server sends a router that starts (file name -> JSON), in CloudStack's shapes
-    (see CloudStack's systemvm/debian/opt/cloud/testdata): its public IP, a VPC's guest network, one DHCP entry."""
-    documents: dict[str, dict[str, object]] = {}
-    if boot.role in ("router", "vpcrouter"):
-        public = 1 if boot.role == "vpcrouter" else 2
-        documents["ip_associations.json.7a1f0c9e-0001"] = {"type": "ips", "ip_address": [{
-            "public_ip": PUBLIC_IP, "source_nat": True, "add": True, "one_to_one_nat": False, "first_i_p": True,
-            "gateway": PUBLIC_GATEWAY, "netmask": GUEST_MASK, "vif_mac_address": nic_mac(public),
-            "nic_dev_id": public, "new_nic": False, "nw_type": "public", "is_private_gateway": False,
-            "mtu": 1500}]}
-    if boot.role == "vpcrouter":  # isolated and shared networks come with the command line
-        documents["guest_network.json.7a1f0c9e-0002"] = {
-            "type": "guestnetwork", "add": True, "mac_address": nic_mac(2), "device": "eth2",
-            "router_guest_ip": ROUTER_GUEST_IP, "router_guest_gateway": ROUTER_GUEST_IP,
-            "router_guest_netmask": GUEST_MASK, "cidr": "24", "dns": boot.values["dns1"],
-            "domain_name": boot.values["domain"], "is_vr_guest_gateway": True, "mtu": 1500}
-    documents["vm_dhcp_entry.json.7a1f0c9e-0003"] = {
-        "type": "dhcpentry", "host_name": GUEST_VM["name"], "mac_address": GUEST_VM["mac"],
-        "ipv4_address": GUEST_VM["ip"], "default_gateway": boot.values.get("guestgw", ROUTER_GUEST_IP),
-        "default_entry": True, "remove": False}
-    return documents
+def router_steps(boot: RoleBoot) -> list[tuple[str, Documents]]:
+    """What a management server sends a router that starts: to a router with its networks every kind
+    (routerconfig.start_steps), to a shared network's DHCP server one DHCP entry, in a vr_cfg.sh batch."""
+    if boot.networks:
+        return start_steps(boot.role)
+    vm = GUEST_VMS[0]
+    return [("batch", named([("vm_dhcp_entry", {
+        "type": "dhcpentry", "host_name": vm.name, "mac_address": vm.mac, "ipv4_address": vm.ip,
+        "default_gateway": boot.values["guestgw"], "default_entry": True, "remove": False})]))]
 
 
 @dataclass
@@ -305,7 +327,7 @@ def close_connection(ssh_file: Path, name: str) -> None:
 
 def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: str, role: str, accel: str,
                     workspace: Workspace, check: Callable[[VirtualMachine, RoleBoot, Path, Outcome], None],
-                    tree: CloudStackTree | None = None) -> Outcome:
+                    tree: CloudStackTree | None = None, networked: bool = False) -> Outcome:
     """Boot a throwaway copy of the disk, hand over the role's command line through the guest agent, wait
     for sshd on the control address (a User VM's guest address), then run `check`. Any failure ends up in
     the outcome's message."""
@@ -324,11 +346,15 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
                 boot = user_vm_boot(role, workspace.verify / name, tree, public_key, config.verify.sharedfs_filesystem,
                                     config.debian.architecture, resources)
             else:
-                boot = role_boot(role, public_key)
+                networks = resources.enter_context(router_networks(
+                    workspace.verify / name / "networks", GUEST_NETWORK, GUESTS[role], SIDES[role])) if networked else None
+                boot = role_boot(role, public_key, networks)
             vm = VirtualMachine(name, disk, fmt, vms, config.arch.qemu, accel, config.verify.memory_mib, boot.nics,
                                 config.verify.disk_mib, boot.drives)
             log.step("starting QEMU")
             resources.enter_context(vm)
+            if boot.networks:
+                attach(boot.networks)
             log.step("waiting for the guest agent")
             outcome.timings["agent_s"] = round(vm.hand_over_cmdline(boot.cmdline(), timeout), 1)
             log.step("guest agent answered, waiting for SSH")
@@ -346,17 +372,43 @@ def _boot_into_role(config: Config, disk: Path, fmt: str, artifact: Path, name: 
     return outcome
 
 
-USER_VM_SUITE = "test_user_vm.py"
+USER_VM_SUITE, PAIR_SUITE = "test_user_vm.py", "test_redundant_router.py"  # each for boots of its own kind
 
 
-def suite_command(role: str) -> list[str]:
-    """pytest over the packaged suites of the role: a User VM's own, or the system VM ones. Their own
-    pytest.ini (-c) makes them the rootdir and stops the search for settings and conftest files there, so a
-    checkout's pyproject.toml plays no part. A User VM is entered as a user with sudo, as its user data allows."""
+def suite_command(role: str, pair: bool = False) -> list[str]:
+    """pytest over the packaged suites of the role: a User VM's own, a redundant router pair's, or the
+    system VM ones. Their own pytest.ini (-c) makes them the rootdir and stops the search for settings and
+    conftest files there, so a checkout's pyproject.toml plays no part. A User VM is entered as a user with
+    sudo, as its user data allows."""
     suites = sorted(SUITES.glob("test_*.py"))
-    chosen = [path for path in suites if (path.name == USER_VM_SUITE) == (role in USER_VM_ROLES)]
+    own = USER_VM_SUITE if role in USER_VM_ROLES else PAIR_SUITE if pair else ""
+    chosen = [path for path in suites if path.name == own] if own else \
+        [path for path in suites if path.name not in (USER_VM_SUITE, PAIR_SUITE)]
     return [sys.executable, "-m", "pytest", *map(str, chosen), "-c", str(SUITES / "pytest.ini"),
             f"--rootdir={SUITES}", "-p", "no:cacheprovider", "-q", *(["--sudo"] if role in USER_VM_ROLES else [])]
+
+
+def run_tests(folder: Path, name: str, command: list[str], ssh_file: Path, expectations: dict[str, object],
+              outcome: Outcome, more_ssh_files: tuple[tuple[str, Path], ...] = ()) -> None:
+    """The suites in `command` against VM `name` (and the VMs in `more_ssh_files`, which the suite reaches
+    through its expectations), with the expectations in $SYSVM_EXPECT; the outcome gets their counts."""
+    expect_file = folder / f"{name}-expect.json"
+    expect_file.write_text(json.dumps(expectations, indent=2))
+    junit, report = folder / f"junit-{name}.xml", folder / f"{name}-tests.log"
+    log.step("running the tests")
+    started = time.monotonic()
+    try:
+        result = run([*command, f"--hosts=ssh://{name}", f"--ssh-config={ssh_file}", f"--junitxml={junit}",
+                      "-o", f"junit_suite_name={name}"],
+                     check=False, cwd=folder, stdout_path=report, env={"SYSVM_EXPECT": str(expect_file)})
+    finally:
+        for vm_name, vm_ssh_file in ((name, ssh_file), *more_ssh_files):
+            close_connection(vm_ssh_file, vm_name)
+    outcome.timings["tests_s"] = round(time.monotonic() - started, 1)
+    outcome.tests = _count(junit)
+    outcome.passed = result.returncode == 0
+    outcome.message = ("all tests passed" if outcome.passed else
+                       f"{outcome.tests.get('failed', 0)} tests failed (see {report})")
 
 
 def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, role: str, accel: str,
@@ -393,29 +445,77 @@ def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor
             answer = start_sequence(remote, role, host, config.verify.boot_timeout_s)
             # QEMU start to get_template_version.sh answering: what a host and management server wait for.
             outcome.timings["cloudstack_ready_s"] = round(time.monotonic() - vm.started_at, 1)
-            router_config = router_documents(boot) if role in ROUTER_ROLES else {}
-            send_router_config(remote, router_config, folder / f"{vm.name}-config")
+            steps = router_steps(boot) if role in ROUTER_ROLES else []
+            staging = folder / f"{vm.name}-config"
+            for how, documents in steps:
+                if how == "batch":
+                    send_router_config(remote, documents, staging)
+                else:
+                    for file_name, document in documents.items():
+                        apply_router_document(remote, file_name, document, staging)
             outcome.timings.update(remote.timings)
+            outcome.timings["router_config_s"] = round(time.monotonic() - vm.started_at
+                                                       - outcome.timings["cloudstack_ready_s"], 1)
             expectations["cloudstack"] = {"version_answer": answer, "scripts_sha512": host.scripts_sha512,
-                                          "router_config": router_config}
-        expect_file = folder / f"{vm.name}-expect.json"
-        expect_file.write_text(json.dumps(expectations, indent=2))
-        junit, report = folder / f"junit-{vm.name}.xml", folder / f"{vm.name}-tests.log"
-        log.step("running the tests")
-        started = time.monotonic()
-        try:
-            result = run([*suite_command(role), f"--hosts=ssh://{vm.name}", f"--ssh-config={ssh_file}",
-                          f"--junitxml={junit}", "-o", f"junit_suite_name={vm.name}"],
-                         check=False, cwd=folder, stdout_path=report, env={"SYSVM_EXPECT": str(expect_file)})
-        finally:
-            close_connection(ssh_file, vm.name)
-        outcome.timings["tests_s"] = round(time.monotonic() - started, 1)
-        outcome.tests = _count(junit)
-        outcome.passed = result.returncode == 0
-        outcome.message = ("all tests passed" if outcome.passed else
-                           f"{outcome.tests.get('failed', 0)} tests failed (see {report})")
+                                          "router_config": {file_name: document for _, documents in steps
+                                                            for file_name, document in documents.items()}}
+        run_tests(folder, vm.name, suite_command(role), ssh_file, expectations, outcome)
 
-    return _boot_into_role(config, disk, fmt, artifact, name, role, accel, workspace, run_suite, tree)
+    return _boot_into_role(config, disk, fmt, artifact, name, role, accel, workspace, run_suite, tree,
+                           networked=host is not None and role in NETWORKED_ROUTERS)
+
+
+def verify_redundant_pair(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, accel: str,
+                          workspace: Workspace, host: HostFiles) -> Outcome:
+    """Two routers of a redundant offering on one guest network (and one public network), started as a
+    4.17+ host starts them and configured alike: keepalived elects the primary, and the suite stops it."""
+    name = f"router-pair-{hypervisor}"
+    folder, timeout = workspace.verify, config.verify.boot_timeout_s
+    key_file, public_key = management_key(folder / "keys")
+    outcome = Outcome(name, artifact.name, "router")
+    outcome.console_log = str(folder / "vms" / f"{name}-0-serial.log")
+    started = time.monotonic()
+    try:
+        with contextlib.ExitStack() as resources:
+            networks = resources.enter_context(router_networks(folder / name / "networks", GUEST_NETWORK, GUEST_VMS,
+                                                               SIDES["router"], routers=len(REDUNDANT_ROUTERS)))
+            boots = [role_boot("router", public_key, networks, index) for index in range(len(REDUNDANT_ROUTERS))]
+            vms = [VirtualMachine(f"{name}-{index}", disk, fmt, folder / "vms", config.arch.qemu, accel,
+                                  config.verify.memory_mib, boot.nics, config.verify.disk_mib)
+                   for index, boot in enumerate(boots)]
+            log.step("starting QEMU for both routers")
+            for index, vm in enumerate(vms):
+                resources.enter_context(vm)
+                attach(networks, index)
+            for vm, boot in zip(vms, boots, strict=True):
+                log.step(f"{vm.name}: waiting for the guest agent, then SSH")
+                vm.hand_over_cmdline(boot.cmdline(), timeout)
+                vm.wait_for_ssh(max(1.0, timeout - (time.monotonic() - started)))
+            documents = redundant_router_start()
+
+            def start(vm: VirtualMachine, boot: RoleBoot) -> dict[str, str]:
+                ssh_file = ssh_config(folder, vm.name, vm.ssh_port, key_file)
+                remote = Remote(vm.name, ssh_file, folder / f"{vm.name}-host.log")
+                start_sequence(remote, "router", host, timeout)
+                send_router_config(remote, documents, folder / f"{vm.name}-config")
+                return {"name": vm.name, "ssh_config": str(ssh_file), "monitor_socket": str(vm.monitor_socket),
+                        "guest_ip": boot.values["eth0ip"]}
+
+            # as a host starts them: each as soon as it answers, not one after the other's configuration
+            with concurrent.futures.ThreadPoolExecutor(len(vms)) as pool:
+                routers = list(pool.map(start, vms, boots))
+            outcome.timings["configured_s"] = round(time.monotonic() - started, 1)
+            expectations = {"role": "router", "pair": routers, "networks": networks.facts(),
+                            "cloud": cloud_facts("router"), "cloudstack": {"router_config": documents}}
+            first = Path(routers[0]["ssh_config"])
+            run_tests(folder, vms[0].name, suite_command("router", pair=True), first, expectations, outcome,
+                      tuple((router["name"], Path(router["ssh_config"])) for router in routers[1:]))
+    except SysvmError as error:
+        outcome.passed, outcome.message = False, str(error)
+    outcome.timings["total_s"] = round(time.monotonic() - started, 1)
+    if not outcome.passed:
+        log.warning(outcome.message)
+    return outcome
 
 
 def verify_boot_only(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, accel: str,
@@ -483,7 +583,8 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
            hypervisor: str = "", cloudstack: str = "", parallel: int = PARALLEL_VMS) -> list[Outcome]:
     """Boot each role once, `parallel` VMs at a time, the roles taking the artifacts in turn; an artifact
     no role took gets a boot check. With a CloudStack tree (`cloudstack`, else verify.cloudstack_scripts) the
-    roles are started as a 4.17+ host starts them, with that tree's scripts."""
+    roles are started as a 4.17+ host starts them, with that tree's scripts, and the router role also as a
+    redundant pair (on the first artifact)."""
     chosen = list(roles or [])
     roles = chosen or list(config.verify.roles)
     for role in roles:
@@ -503,7 +604,9 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
                              "CloudStack tree (--cloudstack PATH or verify.cloudstack_scripts)")
         log.say(f"verify: {', '.join(user_vms)} left out: they boot with CloudStack's user data (--cloudstack PATH)")
         roles = [role for role in roles if role not in USER_VM_ROLES]
-    tools.require(["verify", *(["verify-user-vms"] if user_vms and tree else [])], config)
+    networked = [role for role in roles if role in NETWORKED_ROUTERS]
+    tools.require(["verify", *(["verify-user-vms"] if user_vms and tree else []),
+                   *(["verify-routers"] if networked and tree else [])], config)
     workspace.verify.mkdir(parents=True, exist_ok=True)
     with log.stage("verify", workspace.logs):
         accel = accelerator(config.verify.accelerator, workspace.cache, config.debian.architecture)
@@ -526,6 +629,8 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         jobs = [(role, verify_role, (config, disk, fmt, path, target, role, accel, workspace, host, tree)) if role else
                 (target, verify_boot_only, (config, disk, fmt, path, target, accel, workspace))
                 for role, (disk, fmt, path, target) in boot_plan(roles, disks)]
+        if host and "router" in roles:  # the longest job goes first
+            jobs.insert(0, ("router-pair", verify_redundant_pair, (config, *disks[0], accel, workspace, host)))
         log.say(f"{len(jobs)} boots, {parallel} at a time ({accel})")
         started = time.monotonic()
         with log.parallel(parallel) as pool:

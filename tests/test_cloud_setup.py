@@ -350,6 +350,41 @@ def test_bad_address_is_rejected_but_the_control_nic_is_kept(root, caplog):
     assert "iface eth2" not in (root / "etc/network/interfaces").read_text()
 
 
+IPV6 = (" eth0ip6=2001:db8:1:1::1 eth0ip6prelen=64 eth2ip6=2001:db8:ff::30 eth2ip6prelen=64 "
+        "ip6gateway=2001:db8:ff::2 ip6dns1=2001:db8:ff::53")
+
+
+@pytest.mark.host
+def test_a_router_s_ipv6_addresses_and_its_guest_prefix_s_advertisements(root):
+    """As CloudStack's setup_ipv6 (which its router setup leaves to the early boot): an inet6 stanza per
+    NIC with an address, and radvd's configuration for the guest prefix."""
+    line = parse(LINES["router"] + IPV6)
+    assert line.errors == []
+    Setup(Paths(root), line, "kvm", FakeSystem()).apply()
+    interfaces = (root / "etc/network/interfaces").read_text()
+    for nic, address in ((0, "2001:db8:1:1::1"), (2, "2001:db8:ff::30")):
+        assert (f"iface eth{nic} inet6 static\n    address {address}\n    netmask 64\n    accept_ra 1\n"
+                "    dad-attempts 0\n") in interfaces
+    assert interfaces.count("auto eth0\n") == 1
+    radvd = (root / "etc/radvd.conf").read_text()
+    assert "interface eth0\n{\n    AdvSendAdvert on;" in radvd
+    assert "    prefix 2001:db8:1:1::/64\n" in radvd and "    RDNSS 2001:db8:ff::53\n" in radvd
+
+
+@pytest.mark.host
+def test_without_ipv6_there_is_no_inet6_stanza_and_no_radvd_configuration(root):
+    Setup(Paths(root), parse(LINES["router"]), "kvm", FakeSystem()).apply()
+    assert "inet6" not in (root / "etc/network/interfaces").read_text()
+    assert not (root / "etc/radvd.conf").exists()
+
+
+@pytest.mark.parametrize("given", ["eth0ip6=2001:db8::1 eth0ip6prelen=129", "eth0ip6=2001:db8::1",
+                                   "eth0ip6=10.1.1.1 eth0ip6prelen=64", "eth0ip6=2001:db8::1%0a eth0ip6prelen=64"])
+def test_a_bad_ipv6_address_or_prefix_is_rejected(given):
+    line = parse(f"type=router {given}")
+    assert line.ipv6 == {} and len(line.errors) == 1 and line.errors[0].startswith("eth0ip6=")
+
+
 def test_bad_netmask_is_rejected():
     assert parse("type=router eth1ip=169.254.0.4 eth1mask=255.0.255.0").errors == [
         "eth1mask=255.0.255.0 is not a netmask"]
@@ -419,6 +454,16 @@ def test_ipv6_rules_are_loaded_with_the_ipv4_ones(root):
     Setup(Paths(root), parse(LINES["router"]), "kvm", system).apply()
     assert ["ip6tables-restore", str(root / "etc/iptables/rules.v6")] in system.calls
     assert ":INPUT DROP" in (root / "etc/iptables/rules.v6").read_text()
+
+
+@pytest.mark.host
+@pytest.mark.parametrize(("role", "forward"), [("router", "ACCEPT"), ("vpcrouter", "ACCEPT"), ("dhcpsrvr", "DROP"),
+                                               ("consoleproxy", "DROP")])
+def test_only_a_routing_role_s_ipv6_forward_chain_accepts(root, role, forward):
+    """A router's routed IPv6 is filtered by CloudStack's nftables tables; the other roles forward nothing."""
+    Setup(Paths(root), parse(LINES[role]), "kvm", FakeSystem()).apply()
+    rules = (root / "etc/iptables/rules.v6").read_text()
+    assert f"\n:FORWARD {forward} [0:0]\n" in rules and ":INPUT DROP" in rules
 
 
 @pytest.mark.host

@@ -105,7 +105,9 @@ def test_every_role_starts_as_a_cloudstack_host_starts_it_from_every_format(defa
     boots and runs a role's suite."""
     cfg, workspace = default_build
     outcomes = verify(cfg, workspace, cloudstack=cloudstack)
-    assert sorted(outcome.role for outcome in outcomes) == sorted(cfg.verify.roles)
+    pair = [outcome for outcome in outcomes if outcome.name == "router-pair-kvm"]  # a redundant router pair
+    assert len(pair) == 1
+    assert sorted(outcome.role for outcome in outcomes if outcome not in pair) == sorted(cfg.verify.roles)
     assert {outcome.name.rsplit("-", 1)[1] for outcome in outcomes} == set(cfg.hypervisors)
     assert all(outcome.passed for outcome in outcomes), [outcome.message for outcome in outcomes]
     assert all(outcome.tests.get("tests", 0) > 0 for outcome in outcomes)

@@ -56,7 +56,8 @@ def handed_to_suites(loaded: config.Config, role: str, workspace: Workspace,
     handed: dict[str, typing.Any] = {}
 
     def booted(config_: config.Config, disk_: Path, fmt: str, artifact: Path, name: str, role_: str, accel: str,
-               workspace_: Workspace, check: typing.Callable[..., None], tree: object = None) -> verify.Outcome:
+               workspace_: Workspace, check: typing.Callable[..., None], tree: object = None,
+               networked: bool = False) -> verify.Outcome:
         key_file, public_key = verify.management_key(workspace_.verify / "keys")
         outcome = verify.Outcome(name, artifact.name, role_)
         check(types.SimpleNamespace(name=name, ssh_port=2222, started_at=time.monotonic(),

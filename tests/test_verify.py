@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import time
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import pytest
 from cloud_setup.cmdline import parse
 from cloud_setup.roles import control_nic
 
+from sysvm.cloudstack import locate
 from sysvm.ovf import write_ova
+from sysvm.qemu import nic_mac
+from sysvm.routerconfig import (
+    GUEST_NETWORK,
+    PUBLIC_GATEWAY_IP6,
+    PUBLIC_IP6,
+    PUBLIC_NETWORK,
+    REDUNDANT_ROUTERS,
+    ROUTER_GUEST_IP,
+    ROUTER_GUEST_IP6,
+)
+from sysvm.routernet import Namespace, RouterNetworks
 from sysvm.verify import (
+    PAIR_GUEST_MAC,
     Outcome,
     boot_plan,
     management_key,
     role_boot,
     summary_table,
     unpack_artifact,
+    user_vm_boot,
     write_junit,
 )
 from tests.disks import convert, empty_qcow2
+from tests.tiers import unavailable
 
+CLOUDSTACK = Path(__file__).resolve().parents[2] / "shared" / "cloudstack"
 EXPECTED_CONTROL = {"consoleproxy": 0, "secstorage": 0, "router": 1, "vpcrouter": 0, "dhcpsrvr": 1}
 
 
@@ -35,6 +53,44 @@ def test_each_role_gets_its_control_nic_forwarded_and_a_valid_line(role):
     assert boot.nics[index].forward_ssh_to == line.interfaces[index].address == boot.control_ip
     assert boot.nics[index].network == "169.254.0.0/16"
     assert [nic for nic in boot.nics if nic.forward_ssh_to] == [boot.nics[index]]
+
+
+def test_a_redundant_pair_s_routers_share_the_gateway_and_the_public_mac_but_not_their_guest_mac(tmp_path):
+    taps = tuple({GUEST_NETWORK: f"tap-g{index}", PUBLIC_NETWORK: f"tap-p{index}"} for index in range(2))
+    networks = RouterNetworks(GUEST_NETWORK, taps, Namespace("lan"), {}, {}, tmp_path)
+    boots = [role_boot("router", "ssh-ed25519 AAAA test", networks, index) for index in range(2)]
+    for index, boot in enumerate(boots):
+        line = parse(boot.cmdline())
+        assert line.errors == [] and line.role == "router"
+        assert (boot.values["name"], boot.values["eth0ip"]) == REDUNDANT_ROUTERS[index]
+        assert boot.values["guestgw"] == ROUTER_GUEST_IP and boot.values["redundant_router"] == "1"
+        assert [nic.tap for nic in boot.nics] == [f"tap-g{index}", "", f"tap-p{index}"]
+    guest_macs = [boot.nics[0].mac or nic_mac(0) for boot in boots]
+    assert guest_macs == [nic_mac(0), PAIR_GUEST_MAC]
+    assert [boot.nics[2].mac for boot in boots] == ["", ""]  # both nic_mac(2): the public address's MAC
+
+
+def test_an_isolated_router_on_its_networks_gets_its_ipv6_addresses_on_the_command_line(tmp_path):
+    taps = ({GUEST_NETWORK: "tap-g", PUBLIC_NETWORK: "tap-p"},)
+    boot = role_boot("router", "ssh-ed25519 AAAA test", RouterNetworks(GUEST_NETWORK, taps, Namespace("lan"), {}, {},
+                                                                       tmp_path))
+    line = parse(boot.cmdline())
+    assert line.errors == [] and line.role == "router"
+    assert {key: boot.values[key] for key in ("eth0ip6", "eth2ip6", "ip6gateway")} == {
+        "eth0ip6": ROUTER_GUEST_IP6, "eth2ip6": PUBLIC_IP6, "ip6gateway": PUBLIC_GATEWAY_IP6}
+    assert "eth0ip6" not in role_boot("router", "ssh-ed25519 AAAA test").values  # no networks, no IPv6
+
+
+@pytest.mark.host  # genisoimage: the ConfigDrive and the test CKS ISO
+def test_a_user_vm_boot_names_its_user_and_drives_and_has_no_router_networks(tmp_path):
+    if not CLOUDSTACK.is_dir():
+        unavailable(f"no CloudStack source tree at {CLOUDSTACK}")
+    tree = locate(str(CLOUDSTACK))
+    with contextlib.ExitStack() as resources:
+        boot = user_vm_boot("cksnode", tmp_path, tree, "ssh-ed25519 AAAA test", "xfs", "amd64", resources)
+    assert boot.ssh_user == "cloud" and boot.networks is None
+    assert [drive.cdrom for drive in boot.drives] == [True, True]  # the ConfigDrive, then the ISO
+    assert boot.facts["pause_image"] and parse(boot.cmdline()).role == "cksnode"
 
 
 @pytest.mark.host  # qemu-img

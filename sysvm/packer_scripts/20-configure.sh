@@ -14,6 +14,9 @@ a2enmod -q ssl rewrite auth_basic auth_digest
 # CloudStack's scripts keep kernel settings in /etc/sysctl.conf (the overlay brings one: trixie's procps
 # ships none), and systemd-sysctl reads it at boot through this link, which procps made before trixie.
 [ -e /etc/sysctl.d/99-sysctl.conf ] || ln -s ../sysctl.conf /etc/sysctl.d/99-sysctl.conf
+# The router code appends its routing tables' names to /etc/iproute2/rt_tables and fails without the file;
+# from trixie iproute2 keeps its defaults in /usr/share/iproute2 only.
+[ -e /etc/iproute2/rt_tables ] || install -D -m 0644 /usr/share/iproute2/rt_tables /etc/iproute2/rt_tables
 # MANAGED_SERVICES (space-separated, from sysvm.yaml's services.managed): a package script that enabled
 # one of them again would start it before the role setup has decided whether this role runs it.
 for service in ${MANAGED_SERVICES}; do

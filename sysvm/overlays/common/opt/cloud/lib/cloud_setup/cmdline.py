@@ -204,6 +204,8 @@ class CommandLine:
     values: dict[str, str]
     interfaces: dict[int, Interface] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # ethNip6 with ethNip6prelen: a NIC's IPv6 address (a router's guest and public NICs)
+    ipv6: dict[int, ipaddress.IPv6Interface] = field(default_factory=dict)
 
     @property
     def role(self) -> str:
@@ -257,9 +259,31 @@ def parse(text: str) -> CommandLine:
             errors.append(f"eth{index}mask={mask} is not a netmask")
         else:
             interfaces[index] = Interface(index, address, mask)
+    ipv6 = {}
+    for key in sorted(values):
+        match = re.fullmatch(r"eth(\d+)ip6", key)
+        if not match or not values[key]:
+            continue
+        index, prefix = int(match.group(1)), values.get(f"eth{match.group(1)}ip6prelen", "")
+        address = ipv6_interface(values[key], prefix)
+        if address is None:
+            errors.append(f"{key}={values[key]} with eth{index}ip6prelen={prefix} is not an IPv6 address "
+                          "and prefix length")
+        else:
+            ipv6[index] = address
     for problem in errors:
         log.error("command line: %s", problem)
-    return CommandLine(values, interfaces, errors)
+    return CommandLine(values, interfaces, errors, ipv6)
+
+
+def ipv6_interface(address: str, prefix: str) -> ipaddress.IPv6Interface | None:
+    # no scope (Python 3.9 and later read "%..." after an address as one)
+    if not prefix.isdigit() or not 1 <= int(prefix) <= 128 or "%" in address:
+        return None
+    try:
+        return ipaddress.IPv6Interface(f"{ipaddress.IPv6Address(address)}/{prefix}")
+    except ValueError:
+        return None
 
 
 def save_json(paths: Paths, line: CommandLine) -> bool:

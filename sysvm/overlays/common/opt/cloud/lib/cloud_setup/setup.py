@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud_setup.cmdline import CommandLine, CommandRunner, Interface, valid_ipv4
+from cloud_setup.cmdline import CommandLine, CommandRunner, Interface, ipv6_interface, valid_ipv4
 from cloud_setup.fileops import update_properties, write_if_changed
 from cloud_setup.paths import Paths
 from cloud_setup.roles import RolePlan, RoleServices, control_nic, plan_for
@@ -78,6 +78,7 @@ class Setup:
                  self.plan.role, self.hypervisor, self.control_index)
         self.hostname()
         self.interfaces()
+        self.router_advertisements()
         self.resolver()
         self.sshd()
         self.authorized_key()
@@ -128,7 +129,26 @@ class Setup:
                         # on no NIC) must not take the whole of networking.service down with it.
                         lines.append(f"    up ip route replace {cidr} via {self.line.get('localgw')} dev eth1 || true")
             stanzas.append("\n".join(lines) + "\n")
+        for index, address in sorted(self.line.ipv6.items()):
+            # As CloudStack's setup_interface_ipv6; the default route comes from CloudStack's configure.py.
+            auto = "" if index in self.line.interfaces else f"auto eth{index}\n"
+            stanzas.append(f"{auto}iface eth{index} inet6 static\n    address {address.ip}\n"
+                           f"    netmask {address.network.prefixlen}\n    accept_ra 1\n    dad-attempts 0\n")
         self._write("etc/network/interfaces", HEADER + "\n".join(stanzas))
+
+    def router_advertisements(self) -> None:
+        """radvd's configuration for the guest network's IPv6 prefix, as CloudStack's setup_radvd writes it
+        from the guest NIC's address (or guestgw6 and guestcidr6size); CloudStack's router setup enables
+        radvd (restore_ipv6), whose unit runs only where this file exists."""
+        guest = self.line.ipv6.get(0) or ipv6_interface(self.line.get("guestgw6"), self.line.get("guestcidr6size"))
+        if guest is None:
+            return
+        servers = "".join(f"    RDNSS {server}\n    {{\n        AdvRDNSSLifetime 30;\n    }};\n"
+                          for server in (self.line.get("ip6dns1"), self.line.get("ip6dns2"))
+                          if ipv6_interface(server, "128") is not None)
+        self._write("etc/radvd.conf", HEADER + f"interface eth0\n{{\n    AdvSendAdvert on;\n"
+                    f"    MinRtrAdvInterval 5;\n    MaxRtrAdvInterval 15;\n    prefix {guest.network}\n    {{\n"
+                    f"        AdvOnLink on;\n        AdvAutonomous on;\n    }};\n{servers}}};\n")
 
     def _gateway_nic(self, gateway: str) -> int | None:
         if not valid_ipv4(gateway):
@@ -207,6 +227,9 @@ class Setup:
             return
         rules = _ssh_on_control_nic(source.read_text(), self.control_index)
         self._write("etc/iptables/rules.v4", rules)
+        if self.plan.ip_forward and (self.paths / "etc/iptables/rules.v6").is_file():
+            self._write("etc/iptables/rules.v6", _ipv6_forwarding(
+                (self.paths / "etc/iptables/rules.v6").read_text()))
         for command, rules_file in (("iptables-restore", "etc/iptables/rules.v4"),
                                     ("ip6tables-restore", "etc/iptables/rules.v6")):
             if not (self.paths / rules_file).is_file():
@@ -308,6 +331,12 @@ class Setup:
                 log.info("set root's password from vmpassword")
             else:
                 log.error("could not set root's password from vmpassword")
+
+
+def _ipv6_forwarding(rules: str) -> str:
+    """A forwarding role's IPv6 rules: what it routes is CloudStack's to filter, in nftables (configure.py's
+    ip6_firewall and ip6_acl tables, which see the packets after this chain), so the FORWARD chain accepts."""
+    return re.sub(r"^:FORWARD DROP\b", ":FORWARD ACCEPT", rules, flags=re.MULTILINE)
 
 
 def _ssh_on_control_nic(rules: str, control: int) -> str:

@@ -1,0 +1,110 @@
+"""A redundant router pair: two routers of a redundant offering on one guest network and one public
+network, configured alike by the management server. keepalived elects one primary, which holds the guest
+network's gateway address; CloudStack's checkrouter.sh answers PRIMARY and BACKUP as the management server
+reads it; conntrackd keeps the backup's copy of the guests' connections; and when the primary stops (its
+VM frozen, as a host that hangs), the backup takes over and the guests' traffic flows again."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from sysvm.qemu import monitor_command
+from sysvm.routernet import dhcp_lease
+from sysvm.suites.guests import Cloud
+
+ELECTION_TIMEOUT_S = 300  # keepalived starts once CloudStack's configure.py has written its configuration
+TAKEOVER_TIMEOUT_S = 180  # keepalived's timers are seconds; CloudStack's primary switch runs under emulation
+CHECK_ROUTER = "/opt/cloud/bin/checkrouter.sh"
+
+
+class Pair:
+    def __init__(self, expect: dict) -> None:
+        self.routers = expect["pair"]
+        self.hosts = [testinfra.get_host(f"ssh://{router['name']}", ssh_config=router["ssh_config"])
+                      for router in self.routers]
+        self.cloud = Cloud(expect)
+
+    def states(self, hosts: list | None = None) -> list[str]:
+        """What checkrouter.sh says of each router, as the management server's CheckRouterCommand reads it."""
+        answers = [host.run(CHECK_ROUTER).stdout for host in hosts or self.hosts]
+        return [match.group(1) if (match := re.search(r"Status: (\w+)", answer)) else answer for answer in answers]
+
+
+def wait_for(what: str, condition, timeout: float) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what} within {timeout:.0f}s"
+        time.sleep(2)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def pair(expect):
+    if "pair" not in expect:
+        pytest.skip("a redundant router pair's suite")
+    return Pair(expect)
+
+
+@pytest.fixture(scope="module")
+def elected(pair):
+    """(primary index, backup index) once keepalived has elected."""
+    wait_for("one PRIMARY and one BACKUP", lambda: sorted(pair.states()) == ["BACKUP", "PRIMARY"],
+             ELECTION_TIMEOUT_S)
+    states = pair.states()
+    return states.index("PRIMARY"), states.index("BACKUP")
+
+
+@pytest.fixture(scope="module")
+def lease(pair, elected):
+    folder = Path(pair.cloud.networks["folder"])
+    return dhcp_lease(pair.cloud.networks["guests"]["vm-1"], folder / "vm-1-dhcp")
+
+
+def test_keepalived_elects_one_primary_which_holds_the_gateway_address(pair, elected):
+    primary, backup = elected
+    gateway = pair.cloud.facts["router_guest_ip"]
+    for index, host in enumerate(pair.hosts):
+        assert host.service("keepalived").is_running, pair.routers[index]["name"]
+        addresses = host.run("ip -4 -o addr show dev eth0").stdout
+        assert (f"inet {gateway}/" in addresses) == (index == primary), addresses
+        assert f"inet {pair.routers[index]['guest_ip']}/" in addresses, addresses
+    assert "vrrp_instance" in pair.hosts[backup].file("/etc/keepalived/keepalived.conf").content_string
+
+
+def test_a_guest_leases_from_the_primary_and_leaves_through_it(pair, elected, lease):
+    gateway = pair.cloud.facts["router_guest_ip"]
+    assert lease["ip_address"] == pair.cloud.vms["vm-1"]["ip"] and lease["routers"] == gateway, lease
+    assert pair.cloud.fetch_beyond("vm-1", "outside") == {pair.cloud.facts["public_ip"]}
+
+
+def test_conntrackd_copies_the_guest_s_connections_to_the_backup(pair, elected, lease):
+    primary, backup = elected
+    pair.cloud.fetch_beyond("vm-1", "outside")
+    guest = pair.cloud.vms["vm-1"]["ip"]
+
+    def copied() -> bool:
+        external = pair.hosts[backup].run("conntrackd -C /etc/conntrackd/conntrackd.conf -e").stdout
+        return f"src={guest}" in external
+
+    wait_for(f"the backup's external cache holding a connection of {guest}", copied, 60)
+
+
+def test_the_backup_takes_over_when_the_primary_stops(pair, elected, lease, record_property):
+    primary, backup = elected
+    monitor_command(Path(pair.routers[primary]["monitor_socket"]), "stop", {})  # the VM freezes
+    took = wait_for("the backup answering PRIMARY", lambda: pair.states([pair.hosts[backup]]) == ["PRIMARY"],
+                    TAKEOVER_TIMEOUT_S)
+    record_property("takeover_s", round(took, 1))  # in the JUnit XML
+    gateway = pair.cloud.facts["router_guest_ip"]
+    assert f"inet {gateway}/" in pair.hosts[backup].run("ip -4 -o addr show dev eth0").stdout
+
+    def through_new_primary() -> bool:
+        return pair.cloud.fetch_beyond("vm-1", "outside", check=False) == {pair.cloud.facts["public_ip"]}
+
+    flowing = wait_for("the guest's traffic leaving through the new primary", through_new_primary, TAKEOVER_TIMEOUT_S)
+    record_property("traffic_again_s", round(took + flowing, 1))
