@@ -153,8 +153,11 @@ class Acquisition:
 
     def _from_kvm(self) -> tuple[str | None, str]:
         # The guest agent has to run for the host to write the cache file; it may also be started by udev.
+        # As CloudStack's own setup does, the host gets the whole wait once the agent runs (on a loaded host
+        # the agent can start long after this setup); a VM without an agent channel waits once, not forever.
         self.runner(["systemctl", "start", "--no-block", "qemu-guest-agent.service"])
         deadline = time.monotonic() + self.wait_seconds
+        agent_running = False
         while True:
             text = _fresh_cache(self.paths)
             if text:
@@ -163,9 +166,17 @@ class Acquisition:
                 text = _read_vport(port, timeout=min(self.poll_seconds, 5.0))
                 if text:
                     return text, str(port)
+            if not agent_running and self._agent_is_active():
+                agent_running = True
+                deadline = max(deadline, time.monotonic() + self.wait_seconds)
+                log.info("qemu-guest-agent runs: waiting up to %.0fs for the host's command line", self.wait_seconds)
             if time.monotonic() >= deadline:
                 return None, "QEMU guest agent or virtio-serial port"
             self.sleep(self.poll_seconds)
+
+    def _agent_is_active(self) -> bool:
+        answer = self.runner(["systemctl", "is-active", "qemu-guest-agent.service"], query=True)
+        return (answer or "").strip() == "active"
 
     def acquire(self) -> str | None:
         """The command line for this boot, persisted to the cache (0600); the cache again if the channel is silent."""
