@@ -1,8 +1,9 @@
 """A redundant router pair: two routers of a redundant offering on one guest network and one public
 network, configured alike by the management server. keepalived elects one primary, which holds the guest
 network's gateway address; CloudStack's checkrouter.sh answers PRIMARY and BACKUP as the management server
-reads it; conntrackd keeps the backup's copy of the guests' connections; and when the primary stops (its
-VM frozen, as a host that hangs), the backup takes over and the guests' traffic flows again."""
+reads it; conntrackd keeps the backup's copy of the guests' connections, and comes back after a SIGKILL;
+and when the primary stops (its VM frozen, as a host that hangs), the backup takes over and the guests'
+traffic flows again."""
 
 from __future__ import annotations
 
@@ -82,8 +83,14 @@ def test_a_guest_leases_from_the_primary_and_leaves_through_it(pair, elected, le
     assert pair.cloud.fetch_beyond("vm-1", "outside") == {pair.cloud.facts["public_ip"]}
 
 
+def conntrackd_status(host) -> str:
+    return host.run("systemctl status --no-pager --lines=5 conntrackd").stdout
+
+
 def test_conntrackd_copies_the_guest_s_connections_to_the_backup(pair, elected, lease):
     primary, backup = elected
+    for index, host in enumerate(pair.hosts):  # CloudStack's CsRedundant.py starts it on both
+        assert host.service("conntrackd").is_running, f"{pair.routers[index]['name']}: {conntrackd_status(host)}"
     pair.cloud.fetch_beyond("vm-1", "outside")
     guest = pair.cloud.vms["vm-1"]["ip"]
 
@@ -92,6 +99,18 @@ def test_conntrackd_copies_the_guest_s_connections_to_the_backup(pair, elected, 
         return f"src={guest}" in external
 
     wait_for(f"the backup's external cache holding a connection of {guest}", copied, 60)
+
+
+def test_conntrackd_starts_again_after_it_was_killed(pair, elected):
+    """CloudStack's heartbeat check (check_heartbeat.sh) kills conntrackd with SIGKILL, which leaves its lock
+    file behind; the next `systemctl restart conntrackd` (CsRedundant.py's) must bring it back."""
+    primary, backup = elected
+    host = pair.hosts[backup]
+    assert host.run("pkill -9 -x conntrackd").rc == 0, "no conntrackd to kill"
+    restart = host.run("systemctl restart conntrackd")
+    assert restart.rc == 0, f"{restart.stderr}{conntrackd_status(host)}"
+    answers = host.run("conntrackd -C /etc/conntrackd/conntrackd.conf -s")
+    assert answers.rc == 0, answers.stderr
 
 
 def test_the_backup_takes_over_when_the_primary_stops(pair, elected, lease, record_property):
