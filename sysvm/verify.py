@@ -408,7 +408,7 @@ def run_tests(folder: Path, name: str, command: list[str], ssh_file: Path, expec
     outcome.tests = _count(junit)
     outcome.passed = result.returncode == 0
     outcome.message = ("all tests passed" if outcome.passed else
-                       f"{outcome.tests.get('failed', 0)} tests failed (see {report})")
+                       f"{outcome.tests.get('failed', 0)} tests failed, {first_failure(junit)} (see {report})")
 
 
 def verify_role(config: Config, disk: Path, fmt: str, artifact: Path, hypervisor: str, role: str, accel: str,
@@ -543,6 +543,17 @@ def _count(junit: Path) -> dict[str, int]:
     return totals
 
 
+def first_failure(junit: Path) -> str:
+    """The first failed test and the first line of its reason: what a CI summary shows of a failed suite."""
+    if junit.is_file():
+        for case in ElementTree.parse(junit).getroot().iter("testcase"):
+            for kind in ("failure", "error"):
+                if (found := case.find(kind)) is not None:
+                    reason = (found.get("message") or found.text or "").strip().splitlines() or [""]
+                    return f"first {case.get('name')}: {reason[0][:300]}"
+    return "no JUnit report"
+
+
 def write_junit(outcomes: list[Outcome], folder: Path) -> Path:
     """One JUnit file: a boot suite of our own, then every role's testinfra suite."""
     root = ElementTree.Element("testsuites")
@@ -629,8 +640,10 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         jobs = [(role, verify_role, (config, disk, fmt, path, target, role, accel, workspace, host, tree)) if role else
                 (target, verify_boot_only, (config, disk, fmt, path, target, accel, workspace))
                 for role, (disk, fmt, path, target) in boot_plan(roles, disks)]
-        if host and "router" in roles:  # the longest job goes first
-            jobs.insert(0, ("router-pair", verify_redundant_pair, (config, *disks[0], accel, workspace, host)))
+        if host:  # the longest jobs first, so that the pool's tail is short: the routers CloudStack configures,
+            jobs.sort(key=lambda job: job[0] not in NETWORKED_ROUTERS)
+            if "router" in roles:  # and before them the redundant pair, two VMs
+                jobs.insert(0, ("router-pair", verify_redundant_pair, (config, *disks[0], accel, workspace, host)))
         log.say(f"{len(jobs)} boots, {parallel} at a time ({accel})")
         started = time.monotonic()
         with log.parallel(parallel) as pool:

@@ -29,6 +29,7 @@ from sysvm.verify import (
     PAIR_GUEST_MAC,
     Outcome,
     boot_plan,
+    first_failure,
     management_key,
     role_boot,
     summary_table,
@@ -121,6 +122,19 @@ def test_junit_and_summary_report_failures_with_the_console_log(tmp_path):
     assert failure.get("message") == "no 'login:' on the console" and failure.text == "/x/boot-xen-serial.log"
     table = summary_table(outcomes)
     assert "router-kvm" in table and "PASS" in table and "FAIL" in table
+
+
+def test_a_failed_suite_is_summed_up_by_itsfirst_failure(tmp_path):
+    junit = tmp_path / "junit.xml"
+    junit.write_text('<testsuites><testsuite name="s" tests="2" failures="1" errors="1">'
+                     '<testcase name="test_passes"/>'
+                     '<testcase name="test_elects"><error message="AssertionError: one PRIMARY within 300s; '
+                     'checkrouter.sh answered [\'BACKUP\', \'BACKUP\'] last&#10;--- router-0: journal">trace</error>'
+                     '</testcase><testcase name="test_later"><failure message="later"/></testcase>'
+                     '</testsuite></testsuites>')
+    assert first_failure(junit) == ("first test_elects: AssertionError: one PRIMARY within 300s; "
+                                     "checkrouter.sh answered ['BACKUP', 'BACKUP'] last")
+    assert first_failure(tmp_path / "absent.xml") == "no JUnit report"
 
 
 @pytest.mark.host  # ssh-keygen (openssh-client)

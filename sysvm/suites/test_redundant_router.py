@@ -35,6 +35,13 @@ class Pair:
         answers = [host.run(CHECK_ROUTER).stdout for host in hosts or self.hosts]
         return [match.group(1) if (match := re.search(r"Status: (\w+)", answer)) else answer for answer in answers]
 
+    def keepalived_story(self) -> str:
+        """Each router's keepalived journal and CloudStack's heartbeat log: why an election did not settle."""
+        command = ("journalctl -u keepalived -n 20 --no-pager -o short-monotonic; "
+                   "tail -n 10 /ramdisk/rrouter/keepalived.log 2>/dev/null")
+        return "\n".join(f"--- {router['name']}:\n{host.run(command).stdout}"
+                         for router, host in zip(self.routers, self.hosts, strict=True))
+
 
 def wait_for(what: str, condition, timeout: float) -> float:
     started = time.monotonic()
@@ -54,10 +61,17 @@ def pair(expect):
 @pytest.fixture(scope="module")
 def elected(pair):
     """(primary index, backup index) once keepalived has elected."""
-    wait_for("one PRIMARY and one BACKUP", lambda: sorted(pair.states()) == ["BACKUP", "PRIMARY"],
-             ELECTION_TIMEOUT_S)
-    states = pair.states()
-    return states.index("PRIMARY"), states.index("BACKUP")
+    seen: list[list[str]] = []
+
+    def one_of_each() -> bool:
+        seen.append(pair.states())
+        return sorted(seen[-1]) == ["BACKUP", "PRIMARY"]
+
+    try:
+        wait_for("one PRIMARY and one BACKUP", one_of_each, ELECTION_TIMEOUT_S)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; checkrouter.sh answered {seen[-1]} last\n{pair.keepalived_story()}") from None
+    return seen[-1].index("PRIMARY"), seen[-1].index("BACKUP")
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +127,12 @@ def test_conntrackd_starts_again_after_it_was_killed(pair, elected):
     assert answers.rc == 0, answers.stderr
 
 
-def test_the_backup_takes_over_when_the_primary_stops(pair, elected, lease, record_property):
+def test_the_backup_takes_over_when_the_primary_stops(pair, elected, lease, record_testsuite_property):
     primary, backup = elected
     monitor_command(Path(pair.routers[primary]["monitor_socket"]), "stop", {})  # the VM freezes
     took = wait_for("the backup answering PRIMARY", lambda: pair.states([pair.hosts[backup]]) == ["PRIMARY"],
                     TAKEOVER_TIMEOUT_S)
-    record_property("takeover_s", round(took, 1))  # in the JUnit XML
+    record_testsuite_property("takeover_s", round(took, 1))  # in the JUnit XML
     gateway = pair.cloud.facts["router_guest_ip"]
     assert f"inet {gateway}/" in pair.hosts[backup].run("ip -4 -o addr show dev eth0").stdout
 
@@ -126,4 +140,4 @@ def test_the_backup_takes_over_when_the_primary_stops(pair, elected, lease, reco
         return pair.cloud.fetch_beyond("vm-1", "outside", check=False) == {pair.cloud.facts["public_ip"]}
 
     flowing = wait_for("the guest's traffic leaving through the new primary", through_new_primary, TAKEOVER_TIMEOUT_S)
-    record_property("traffic_again_s", round(took + flowing, 1))
+    record_testsuite_property("traffic_again_s", round(took + flowing, 1))
