@@ -86,6 +86,7 @@ SUITES = resource("suites")
 CONTROL_NETWORK = "169.254.0.0/16"
 LOGIN_PROMPT = b"login:"
 PARALLEL_VMS = 2
+FIRST_FAILURE_CHARS = 700  # of a failed test's first line: what a CI summary shows of why it failed
 Target = TypeVar("Target")
 
 
@@ -550,7 +551,7 @@ def first_failure(junit: Path) -> str:
             for kind in ("failure", "error"):
                 if (found := case.find(kind)) is not None:
                     reason = (found.get("message") or found.text or "").strip().splitlines() or [""]
-                    return f"first {case.get('name')}: {reason[0][:300]}"
+                    return f"first {case.get('name')}: {reason[0][:FIRST_FAILURE_CHARS]}"
     return "no JUnit report"
 
 
@@ -640,15 +641,20 @@ def verify(config: Config, workspace: Workspace, artifact: str = "", roles: list
         jobs = [(role, verify_role, (config, disk, fmt, path, target, role, accel, workspace, host, tree)) if role else
                 (target, verify_boot_only, (config, disk, fmt, path, target, accel, workspace))
                 for role, (disk, fmt, path, target) in boot_plan(roles, disks)]
-        if host:  # the longest jobs first, so that the pool's tail is short: the routers CloudStack configures,
+        phases = [jobs]
+        if host:  # the longest jobs first, so that the pool's tail is short: the routers CloudStack configures
             jobs.sort(key=lambda job: job[0] not in NETWORKED_ROUTERS)
-            if "router" in roles:  # and before them the redundant pair, two VMs
-                jobs.insert(0, ("router-pair", verify_redundant_pair, (config, *disks[0], accel, workspace, host)))
-        log.say(f"{len(jobs)} boots, {parallel} at a time ({accel})")
+            if "router" in roles:  # and before them, alone, the redundant pair: its two VMs take the pool's places
+                # (beside a third VM, the load of CloudStack's configuration starved keepalived's heartbeat)
+                phases.insert(0, [("router-pair", verify_redundant_pair, (config, *disks[0], accel, workspace, host))])
+        log.say(f"{sum(map(len, phases))} boots, {parallel} at a time ({accel})"
+                f"{'; first the redundant pair alone' if len(phases) > 1 else ''}")
         started = time.monotonic()
-        with log.parallel(parallel) as pool:
-            futures = [pool.submit(name, work, *arguments) for name, work, arguments in jobs]
-            outcomes = [future.result() for future in futures]
+        outcomes = []
+        for phase in phases:
+            with log.parallel(parallel) as pool:
+                futures = [pool.submit(name, work, *arguments) for name, work, arguments in phase]
+                outcomes += [future.result() for future in futures]
         junit = write_junit(outcomes, workspace.verify)
         table = summary_table(outcomes)
         summary = {"accelerator": accel, "duration_s": round(time.monotonic() - started, 1),
